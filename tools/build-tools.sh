@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds lorafleet's pinned toolchain from package registries (the Go module proxy) into a
+# cache directory outside git. Pins live in tools/versions.env. A tool already built at its
+# pinned version is skipped, so a second run is a no-op.
+#
+# Usage: tools/build-tools.sh [tool ...]   (default: all)
+#   tools: kubernetes (kube-apiserver, kube-controller-manager, kubectl, etcd), helm, kuberay,
+#          minio, fake-gcs-server
+# Environment: LORAFLEET_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/lorafleet)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache=${LORAFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lorafleet}
+bin="$cache/bin"
+mkdir -p "$bin" "$cache/tools" "$cache/src"
+
+export GOFLAGS="-buildvcs=false -trimpath"
+export CGO_ENABLED=0
+# These tools need the Go that their go.mod names; let go fetch that toolchain from the proxy.
+export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+# done_stamp DIR: true when DIR holds a finished build (the stamp is written last).
+done_stamp() { [ -f "$1/.complete" ]; }
+
+link_bins() { # link_bins DIR NAME...
+  local dir=$1; shift
+  for name in "$@"; do ln -sfn "$dir/$name" "$bin/$name"; done
+}
+
+build_kubernetes() {
+  local out="$cache/tools/kubernetes-$KUBERNETES_VERSION"
+  if done_stamp "$out"; then link_bins "$out" kube-apiserver kube-controller-manager kubectl etcd; return; fi
+  log "building kube-apiserver, kube-controller-manager, kubectl, etcd $KUBERNETES_VERSION (slow the first time)"
+  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  local staging_version="v0.${KUBERNETES_VERSION#v1.}"
+  local src="$cache/src/kubernetes-$KUBERNETES_VERSION"
+  rm -rf "$src" "$out.tmp"; mkdir -p "$src" "$out.tmp"
+  # k8s.io/kubernetes replaces its staging modules (k8s.io/api, ...) with local paths, so it
+  # cannot be `go install`ed. A throwaway module requires it and points each staging module at
+  # its published version instead. The staging list is read from k8s.io/kubernetes's own go.mod.
+  (
+    cd "$src"
+    go mod init lorafleet.dev/tools/kubernetes >/dev/null 2>&1
+    go mod edit -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
+    go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null
+    local modfile
+    modfile=$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.mod
+    grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging' "$modfile" | awk '{print $1}' | while read -r m; do
+      go mod edit -replace="$m=$m@$staging_version"
+    done
+    # etcd comes from the same module graph, so its client and server versions agree.
+    cat > etcd.go <<'EOF'
+// Package main builds etcd from the version k8s.io/kubernetes pins.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+EOF
+    local got_etcd
+    got_etcd=$(GOFLAGS=-mod=mod go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+    if [ "$got_etcd" != "$ETCD_VERSION" ]; then
+      log "error: k8s.io/kubernetes $KUBERNETES_VERSION pins etcd $got_etcd, versions.env says $ETCD_VERSION"; exit 1
+    fi
+    local ldflags="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+      ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "$ldflags" -o "$out.tmp/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kubectl
+    GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w" -o "$out.tmp/etcd" .
+  )
+  finish "$out"
+  link_bins "$out" kube-apiserver kube-controller-manager kubectl etcd
+}
+
+# go_install NAME MODULE_PKG VERSION BINARY [LDFLAGS]: `go install pkg@version` into the cache.
+go_install() {
+  local name=$1 pkg=$2 version=$3 binary=$4 ldflags=${5:-}
+  local out="$cache/tools/$name-$version"
+  if done_stamp "$out"; then link_bins "$out" "$binary"; return; fi
+  log "building $name $version"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" go install -ldflags "-s -w $ldflags" "$pkg@$version"
+  finish "$out"
+  link_bins "$out" "$binary"
+}
+
+finish() { # finish OUT: move OUT.tmp into place atomically and stamp it
+  local out=$1
+  touch "$out.tmp/.complete"
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
+}
+
+build_helm() {
+  go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+build_kuberay() {
+  go_install kuberay github.com/ray-project/kuberay/ray-operator "$KUBERAY_VERSION" ray-operator
+}
+build_minio() { go_install minio github.com/minio/minio "$MINIO_VERSION" minio; }
+build_fake-gcs-server() {
+  go_install fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKE_GCS_SERVER_VERSION" fake-gcs-server
+}
+
+all=(kubernetes helm kuberay minio fake-gcs-server)
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
+start=$(date +%s)
+for t in "${targets[@]}"; do
+  case " ${all[*]} " in *" $t "*) "build_$t" ;; *) log "unknown tool: $t (known: ${all[*]})"; exit 2 ;; esac
+done
+log "toolchain ready in $bin ($(( $(date +%s) - start )) s)"

@@ -1,0 +1,81 @@
+"""``python -m lorafleet_testbed up|down|status``: the local control plane for people
+(``make cluster-up`` / ``make cluster-down``). Tests use the same ControlPlane class."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lorafleet_testbed import controlplane, process
+from lorafleet_testbed.toolchain import ToolMissingError, cache_dir
+
+
+def _state_file() -> Path:
+    """Where a detached control plane is recorded (LORAFLEET_CLUSTER_DIR overrides)."""
+    base = os.environ.get("LORAFLEET_CLUSTER_DIR")
+    return (Path(base) if base else cache_dir() / "cluster") / "state.json"
+
+
+def _running(state: controlplane.ControlPlaneState) -> bool:
+    return all(process.pid_alive(pid) for pid in state.pids.values())
+
+
+def cmd_up(_: argparse.Namespace) -> int:
+    state = controlplane.load_state(_state_file())
+    if state is not None and _running(state):
+        print(f"Control plane already running at {state.server}")
+        print(f"KUBECONFIG={state.kubeconfig}")
+        return 0
+    if state is not None:  # left over from a crash or reboot
+        controlplane.stop_detached(state)
+    plane = controlplane.ControlPlane.start(detach=True)
+    controlplane.save_state(plane.state(), _state_file())
+    crds = plane.kubectl("get", "crds", "-o", "name").stdout.split()
+    print(f"Started etcd, kube-apiserver and kube-controller-manager at {plane.server}")
+    prefix = "customresourcedefinition.apiextensions.k8s.io/"
+    names = ", ".join(c.removeprefix(prefix) for c in crds)
+    print(f"Installed {len(crds)} CRDs: {names}")
+    print(f"Logs and data in {plane.data_dir}")
+    print(f"KUBECONFIG={plane.kubeconfig}")
+    return 0
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    state = controlplane.load_state(_state_file())
+    if state is None:
+        print("No local control plane is running")
+        return 0
+    controlplane.stop_detached(state)
+    _state_file().unlink(missing_ok=True)
+    print(f"Stopped the control plane at {state.server} and removed {state.data_dir}")
+    return 0
+
+
+def cmd_status(_: argparse.Namespace) -> int:
+    state = controlplane.load_state(_state_file())
+    if state is None or not _running(state):
+        print("No local control plane is running (make cluster-up starts one)")
+        return 1
+    print(f"Running at {state.server}; KUBECONFIG={state.kubeconfig}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lorafleet_testbed")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start etcd + kube-apiserver + kube-controller-manager")
+    sub.add_parser("down", help="stop them and delete their data")
+    sub.add_parser("status", help="say whether one is running")
+    args = parser.parse_args(argv)
+    handler = {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command]
+    try:
+        return handler(args)
+    except (ToolMissingError, process.StartupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver (TLS, client
+certificates, RBAC, service-account tokens) and kube-controller-manager (garbage collection,
+namespaces, service accounts). No kubelet: pods are accepted but never run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lorafleet_testbed import process
+from lorafleet_testbed.pki import ClientCert, ClusterPKI, create_pki
+from lorafleet_testbed.toolchain import REPO_ROOT, tool
+
+KUBERAY_CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay" / "crd"
+LORAFLEET_CRD_DIR = REPO_ROOT / "crds"
+
+# Only the controllers the tests rely on; the rest would burn CPU on a 2-core machine.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "clusterrole-aggregation-controller",
+    "root-ca-certificate-publisher-controller",
+)
+
+
+def _kubeconfig(server: str, ca: Path, user: str, client: ClientCert) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "lorafleet-local",
+                "cluster": {"server": server, "certificate-authority": str(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
+            }
+        ],
+        "contexts": [
+            {
+                "name": "lorafleet-local",
+                "context": {"cluster": "lorafleet-local", "user": user, "namespace": "default"},
+            }
+        ],
+        "current-context": "lorafleet-local",
+    }
+
+
+@dataclass
+class ControlPlaneState:
+    """What ``make cluster-down`` needs to find a detached control plane again."""
+
+    data_dir: str
+    kubeconfig: str
+    server: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+class ControlPlane:
+    """Start with :meth:`start`; stop with :meth:`stop` (or use it as a context manager)."""
+
+    def __init__(self, data_dir: Path, *, owns_data_dir: bool) -> None:
+        self.data_dir = data_dir
+        self.owns_data_dir = owns_data_dir
+        self.processes: list[process.ManagedProcess] = []
+        self.kubeconfig = data_dir / "kubeconfig"
+        self.server = ""
+        self.pki: ClusterPKI | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def start(
+        cls,
+        data_dir: Path | None = None,
+        *,
+        detach: bool = False,
+        controller_manager: bool = True,
+        crd_dirs: Sequence[Path] = (KUBERAY_CRD_DIR, LORAFLEET_CRD_DIR),
+    ) -> ControlPlane:
+        owns = data_dir is None
+        directory = Path(tempfile.mkdtemp(prefix="lorafleet-cp-")) if data_dir is None else data_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        plane = cls(directory, owns_data_dir=owns)
+        try:
+            plane._start(detach=detach, controller_manager=controller_manager)
+            plane.install_crds(crd_dirs)
+        except BaseException:
+            plane.stop()
+            raise
+        return plane
+
+    def _start(self, *, detach: bool, controller_manager: bool) -> None:
+        logs = self.data_dir / "logs"
+        self.pki = pki = create_pki(self.data_dir / "pki")
+        etcd_port, etcd_peer_port, api_port = (process.free_port() for _ in range(3))
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+
+        etcd = process.start(
+            "etcd",
+            [
+                str(tool("etcd")),
+                "--name=lorafleet-local",
+                f"--data-dir={self.data_dir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer_port}",
+                f"--initial-cluster=lorafleet-local=http://127.0.0.1:{etcd_peer_port}",
+                "--listen-metrics-urls=",
+                # Test data is disposable: skipping fsync makes etcd several times faster here.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            logs,
+            detach=detach,
+        )
+        self.processes.append(etcd)
+        process.wait_until(
+            etcd, lambda: process.http_ok(f"{etcd_url}/health"), timeout=30, what="healthy"
+        )
+
+        self.server = f"https://127.0.0.1:{api_port}"
+        apiserver = process.start(
+            "kube-apiserver",
+            [
+                str(tool("kube-apiserver")),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--cert-dir={self.data_dir / 'apiserver-certs'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-account-key-file={pki.sa_public_key}",
+                f"--service-account-signing-key-file={pki.sa_private_key}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                # The loopback advertise address cannot be an Endpoints address; nothing here
+                # needs the in-cluster `kubernetes` Service to have endpoints.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+            logs,
+            detach=detach,
+        )
+        self.processes.append(apiserver)
+        ctx = self._ssl_context()
+        process.wait_until(
+            apiserver,
+            lambda: process.http_ok(f"{self.server}/readyz", ssl_context=ctx, expect_body=b"ok"),
+            timeout=90,
+            what="ready (/readyz)",
+        )
+        self.kubeconfig.write_text(
+            yaml.safe_dump(_kubeconfig(self.server, pki.ca_cert, "lorafleet-admin", pki.admin))
+        )
+
+        if controller_manager:
+            kcm_config = self.data_dir / "controller-manager.kubeconfig"
+            kcm_config.write_text(
+                yaml.safe_dump(
+                    _kubeconfig(
+                        self.server,
+                        pki.ca_cert,
+                        "system:kube-controller-manager",
+                        pki.controller_manager,
+                    )
+                )
+            )
+            kcm = process.start(
+                "kube-controller-manager",
+                [
+                    str(tool("kube-controller-manager")),
+                    f"--kubeconfig={kcm_config}",
+                    "--secure-port=0",
+                    "--leader-elect=false",
+                    "--use-service-account-credentials=true",
+                    f"--service-account-private-key-file={pki.sa_private_key}",
+                    f"--root-ca-file={pki.ca_cert}",
+                    f"--controllers={','.join(CONTROLLERS)}",
+                    "--concurrent-gc-syncs=5",
+                ],
+                logs,
+                detach=detach,
+            )
+            self.processes.append(kcm)
+            # The service-account controller creating `default` shows the manager is working.
+            process.wait_until(
+                kcm,
+                lambda: (
+                    self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
+                ),
+                timeout=60,
+                what="managing service accounts",
+            )
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        assert self.pki is not None
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        ctx.load_cert_chain(str(self.pki.admin.cert), str(self.pki.admin.key))
+        return ctx
+
+    def stop(self) -> None:
+        """Stop every process (controller manager first, etcd last) and remove owned data."""
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+        if self.owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> ControlPlane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def state(self) -> ControlPlaneState:
+        return ControlPlaneState(
+            data_dir=str(self.data_dir),
+            kubeconfig=str(self.kubeconfig),
+            server=self.server,
+            pids={p.name: p.pid for p in self.processes},
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def kubectl(
+        self, *args: str, check: bool = True, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this control plane."""
+        result = subprocess.run(
+            [str(tool("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            input=input_text,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, result.args, result.stdout, result.stderr
+            )
+        return result
+
+    def install_crds(self, directories: Iterable[Path]) -> list[str]:
+        """Server-side apply every CRD found (KubeRay's are ~1 MB: too big for the
+        client-side last-applied annotation) and wait until each is Established."""
+        files = sorted(
+            f
+            for d in directories
+            if d.is_dir()
+            for f in d.iterdir()
+            if f.suffix in (".yaml", ".yml")
+        )
+        names: list[str] = []
+        for f in files:
+            for doc in yaml.safe_load_all(f.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                    names.append(doc["metadata"]["name"])
+        if not files:
+            return names
+        args = ["apply", "--server-side", "--force-conflicts", "--field-manager=lorafleet-testbed"]
+        for f in files:
+            args += ["-f", str(f)]
+        self.kubectl(*args)
+        if names:
+            self.kubectl(
+                "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
+            )
+        return names
+
+
+def save_state(state: ControlPlaneState, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(state), indent=2))
+
+
+def load_state(path: Path) -> ControlPlaneState | None:
+    if not path.exists():
+        return None
+    return ControlPlaneState(**json.loads(path.read_text()))
+
+
+def stop_detached(state: ControlPlaneState) -> None:
+    """Stop a control plane started with ``detach=True`` by another process."""
+    order = ["kube-controller-manager", "kube-apiserver", "etcd"]
+    for name in sorted(state.pids, key=lambda n: order.index(n) if n in order else -1):
+        process.stop_pid(state.pids[name])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(process.pid_alive(p) for p in state.pids.values()):
+        time.sleep(0.1)
+    shutil.rmtree(state.data_dir, ignore_errors=True)

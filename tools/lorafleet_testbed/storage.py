@@ -1,0 +1,118 @@
+"""Storage servers on loopback: MinIO (S3-compatible) and fake-gcs-server (GCS emulator).
+
+Both keep their data on disk, so a test can stop a server mid-life and start it again on the
+same port with the same objects (outage and recovery)."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+from lorafleet_testbed import process
+from lorafleet_testbed.toolchain import tool
+
+
+class _Server:
+    name = ""
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self._owns = data_dir is None
+        self.data_dir = (
+            Path(tempfile.mkdtemp(prefix=f"lorafleet-{self.name}-"))
+            if data_dir is None
+            else data_dir
+        )
+        self.port = process.free_port()
+        self.proc: process.ManagedProcess | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return {}
+
+    def _health_url(self) -> str:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start (or start again after :meth:`stop`) on the same port and data."""
+        if self.proc is not None and self.proc.alive():
+            return
+        self.proc = process.start(self.name, self._argv(), self.data_dir / "logs", env=self._env())
+        process.wait_until(
+            self.proc, lambda: process.http_ok(self._health_url()), timeout=60, what="healthy"
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._owns:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class MinioServer(_Server):
+    """MinIO with random root credentials (``access_key`` / ``secret_key``)."""
+
+    name = "minio"
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        super().__init__(data_dir)
+        self.access_key = "lorafleet-" + secrets.token_hex(4)
+        self.secret_key = secrets.token_urlsafe(24)
+        self.region = "us-east-1"
+
+    def _argv(self) -> list[str]:
+        return [
+            str(tool("minio")),
+            "server",
+            str(self.data_dir / "data"),
+            f"--address=127.0.0.1:{self.port}",
+            "--quiet",
+        ]
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "MINIO_ROOT_USER": self.access_key,
+            "MINIO_ROOT_PASSWORD": self.secret_key,
+            "MINIO_REGION": self.region,
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+            "MINIO_CI_CD": "1",
+        }
+
+    def _health_url(self) -> str:
+        return f"{self.endpoint}/minio/health/ready"
+
+
+class FakeGcsServer(_Server):
+    """fake-gcs-server over plain HTTP; clients find it through STORAGE_EMULATOR_HOST."""
+
+    name = "fake-gcs-server"
+
+    def _argv(self) -> list[str]:
+        root = self.data_dir / "data"
+        root.mkdir(parents=True, exist_ok=True)
+        return [
+            str(tool("fake-gcs-server")),
+            "-scheme=http",
+            "-host=127.0.0.1",
+            f"-port={self.port}",
+            "-backend=filesystem",
+            f"-filesystem-root={root}",
+            f"-public-host=127.0.0.1:{self.port}",
+            f"-external-url={self.endpoint}",
+            "-log-level=warn",
+        ]
+
+    def _health_url(self) -> str:
+        return f"{self.endpoint}/storage/v1/b"
