@@ -86,14 +86,23 @@ EOF
   link_bins "$out" kube-apiserver kube-controller-manager kubectl etcd
 }
 
-# go_install NAME MODULE_PKG VERSION BINARY [LDFLAGS]: `go install pkg@version` into the cache.
-go_install() {
-  local name=$1 pkg=$2 version=$3 binary=$4 ldflags=${5:-}
+# go_build NAME MODULE VERSION PKG BINARY [LDFLAGS]: build PKG of MODULE@VERSION into the cache.
+# Not `go install pkg@version`: that also reads the module's version list for deprecation
+# notices, and the proxy answers 403 for ray-operator's list. A throwaway module requiring
+# MODULE@VERSION selects the same dependency versions (the module's own go.mod) without it.
+go_build() {
+  local name=$1 module=$2 version=$3 pkg=$4 binary=$5 ldflags=${6:-}
   local out="$cache/tools/$name-$version"
   if done_stamp "$out"; then link_bins "$out" "$binary"; return; fi
   log "building $name $version"
-  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
-  GOBIN="$out.tmp" go install -ldflags "-s -w $ldflags" "$pkg@$version"
+  local src="$cache/src/$name-$version"
+  rm -rf "$src" "$out.tmp"; mkdir -p "$src" "$out.tmp"
+  (
+    cd "$src"
+    go mod init "lorafleet.dev/tools/$name" >/dev/null 2>&1
+    go mod edit -require="$module@$version"
+    GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w $ldflags" -o "$out.tmp/$binary" "$pkg"
+  )
   finish "$out"
   link_bins "$out" "$binary"
 }
@@ -106,15 +115,19 @@ finish() { # finish OUT: move OUT.tmp into place atomically and stamp it
 }
 
 build_helm() {
-  go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm \
+  go_build helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 build_kuberay() {
-  go_install kuberay github.com/ray-project/kuberay/ray-operator "$KUBERAY_VERSION" ray-operator
+  local m=github.com/ray-project/kuberay/ray-operator
+  go_build kuberay "$m" "$KUBERAY_VERSION" "$m" ray-operator
 }
-build_minio() { go_install minio github.com/minio/minio "$MINIO_VERSION" minio; }
+build_minio() {
+  go_build minio github.com/minio/minio "$MINIO_VERSION" github.com/minio/minio minio
+}
 build_fake-gcs-server() {
-  go_install fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKE_GCS_SERVER_VERSION" fake-gcs-server
+  local m=github.com/fsouza/fake-gcs-server
+  go_build fake-gcs-server "$m" "$FAKE_GCS_SERVER_VERSION" "$m" fake-gcs-server
 }
 
 all=(kubernetes helm kuberay minio fake-gcs-server)

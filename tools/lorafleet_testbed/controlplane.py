@@ -34,7 +34,10 @@ CONTROLLERS = (
 )
 
 
-def _kubeconfig(server: str, ca: Path, user: str, client: ClientCert) -> dict[str, object]:
+def _kubeconfig(server: str, ca: Path, user: str, client: ClientCert | None) -> dict[str, object]:
+    credentials = (
+        {"client-certificate": str(client.cert), "client-key": str(client.key)} if client else {}
+    )
     return {
         "apiVersion": "v1",
         "kind": "Config",
@@ -44,12 +47,7 @@ def _kubeconfig(server: str, ca: Path, user: str, client: ClientCert) -> dict[st
                 "cluster": {"server": server, "certificate-authority": str(ca)},
             }
         ],
-        "users": [
-            {
-                "name": user,
-                "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
-            }
-        ],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [
             {
                 "name": "lorafleet-local",
@@ -257,6 +255,16 @@ class ControlPlane:
                 result.returncode, result.args, result.stdout, result.stderr
             )
         return result
+
+    def kubeconfig_for_token(self, token: str, path: Path) -> Path:
+        """A kubeconfig that authenticates with a bearer token only (e.g. a ServiceAccount's),
+        so RBAC decisions are made for that identity, not the admin."""
+        assert self.pki is not None
+        config = _kubeconfig(self.server, self.pki.ca_cert, "token-user", None)
+        config["users"] = [{"name": "token-user", "user": {"token": token}}]
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
 
     def install_crds(self, directories: Iterable[Path]) -> list[str]:
         """Server-side apply every CRD found (KubeRay's are ~1 MB: too big for the
