@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import platform
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
+import yaml
 
-from lorafleet_operator import __version__
+from lorafleet_operator import __version__, constants
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +23,127 @@ def main() -> None:
 def version() -> None:
     """Print the lorafleet version."""
     click.echo(f"lorafleet {__version__} (python {platform.python_version()})")
+
+
+def _read_documents(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in paths:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+        try:
+            loaded = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as err:
+            raise click.ClickException(f"{path}: not valid YAML: {err}") from err
+        for doc in loaded:
+            if not isinstance(doc, dict):
+                raise click.ClickException(f"{path}: every document must be a mapping")
+            docs.append(doc)
+    return docs
+
+
+@main.command()
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(allow_dash=True, path_type=Path),
+    help="LoRAModel (and AdapterCatalog) YAML; repeat for several files, - for stdin.",
+)
+@click.option("--image", default=None, help="Runtime image when the LoRAModel names none.")
+def render(files: tuple[Path, ...], image: str | None) -> None:
+    """Print the RayService YAML for LoRAModels, without a cluster (review, GitOps).
+
+    AdapterCatalogs given with -f are used as they are (their status, if any, decides the
+    default maxLoraRank); referenced catalogs not given count as not synced yet."""
+    from lorafleet_operator.builders import dump_manifest, render_rayservice
+    from lorafleet_operator.errors import InvalidSpecError
+    from lorafleet_operator.model.catalog import CatalogSnapshot
+    from lorafleet_operator.model.config import OperatorConfig
+
+    docs = _read_documents(files)
+    models = [d for d in docs if d.get("kind") == constants.LORAMODEL_KIND]
+    if not models:
+        raise click.ClickException("no LoRAModel found in the given files")
+    catalogs = [d for d in docs if d.get("kind") == constants.ADAPTERCATALOG_KIND]
+    config = OperatorConfig(default_image=image) if image else OperatorConfig()
+    out = []
+    for model in models:
+        namespace = (model.get("metadata") or {}).get("namespace") or "default"
+        snapshots = [
+            CatalogSnapshot.from_object(c)
+            for c in catalogs
+            if ((c.get("metadata") or {}).get("namespace") or "default") == namespace
+        ]
+        try:
+            out.append(dump_manifest(render_rayservice(model, snapshots, config)))
+        except InvalidSpecError as err:
+            name = (model.get("metadata") or {}).get("name", "?")
+            raise click.ClickException(f"LoRAModel {name}: {err.message}") from err
+    click.echo("---\n".join(out), nl=False)
+
+
+@main.command()
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    envvar="LORAFLEET_NAMESPACES",
+    help="Watch only these namespaces (repeat; env: space-separated). Default: every namespace.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["plain", "full", "json"]),
+    default="plain",
+    envvar="LORAFLEET_LOG_FORMAT",
+    show_default=True,
+)
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8080/healthz",
+    envvar="LORAFLEET_LIVENESS_ENDPOINT",
+    show_default=True,
+    help="kopf liveness endpoint; 'none' disables it.",
+)
+@click.option(
+    "--image",
+    default=None,
+    envvar="LORAFLEET_DEFAULT_IMAGE",
+    help="Runtime image for LoRAModels that name none.",
+)
+@click.option(
+    "--debounce-seconds",
+    type=float,
+    default=30.0,
+    envvar="LORAFLEET_DEBOUNCE_SECONDS",
+    show_default=True,
+    help="How long a Ready LoRAModel's RayService must look unhealthy before Ready turns False.",
+)
+@click.option("-v", "--verbose", is_flag=True)
+def operator(
+    namespaces: tuple[str, ...],
+    log_format: str,
+    liveness: str,
+    image: str | None,
+    debounce_seconds: float,
+    verbose: bool,
+) -> None:
+    """Run the operator (kopf, standalone) against the current kubeconfig or in-cluster."""
+    from lorafleet_operator.model.config import OperatorConfig
+    from lorafleet_operator.runner import run_operator
+
+    settings: dict[str, Any] = {"debounce_seconds": debounce_seconds}
+    if image:
+        settings["default_image"] = image
+    config = OperatorConfig(**settings)
+    run_operator(
+        namespaces=namespaces,
+        log_format=log_format,
+        liveness_endpoint=None if liveness == "none" else liveness,
+        verbose=verbose,
+        config=config,
+    )
 
 
 if __name__ == "__main__":  # python -m lorafleet_operator.cli

@@ -1,0 +1,20 @@
+"""Pure constructors of what the operator writes: dicts in, dicts out. No clock, no
+environment, no network; the same input always gives the same bytes."""
+
+from __future__ import annotations
+
+from lorafleet_operator.builders.manifest import dump_manifest
+from lorafleet_operator.builders.names import endpoint_url, rayservice_name
+from lorafleet_operator.builders.ranks import effective_max_lora_rank
+from lorafleet_operator.builders.rayservice import desired_state_hash, render_rayservice
+from lorafleet_operator.builders.runtime_args import render_runtime_args
+
+__all__ = [
+    "desired_state_hash",
+    "dump_manifest",
+    "effective_max_lora_rank",
+    "endpoint_url",
+    "rayservice_name",
+    "render_rayservice",
+    "render_runtime_args",
+]

@@ -1,0 +1,1 @@
+"""Kubernetes I/O: one async client, a few verbs per kind."""

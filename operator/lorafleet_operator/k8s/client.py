@@ -1,0 +1,163 @@
+"""The operator's only Kubernetes client: get, server-side apply and status patches for the
+kinds lorafleet reads and writes. 404 becomes ``None``; other API errors become
+:class:`KubeApiError` with the server's message (never a credential)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from lorafleet_operator import constants
+
+JsonObj = dict[str, Any]
+
+_RAY = ("ray.io", "v1", "rayservices")
+
+
+class KubeApiError(RuntimeError):
+    """The API server refused a request; ``status`` is the HTTP code, ``message`` its reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _api_error(err: ApiException) -> KubeApiError:
+    message = str(err.reason)
+    try:
+        body = json.loads(err.body) if err.body else {}
+        message = body.get("message") or message
+    except (TypeError, ValueError):
+        pass
+    return KubeApiError(int(err.status or 0), message)
+
+
+class KubeClient:
+    """Create with :meth:`connect`; close with :meth:`close`."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api_client = api_client
+        self._custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None) -> KubeClient:
+        """In-cluster credentials when running in a pod, else the kubeconfig."""
+        configuration = client.Configuration()
+        try:
+            if kubeconfig is None:
+                config.load_incluster_config(client_configuration=configuration)
+            else:
+                raise ConfigException("explicit kubeconfig")
+        except ConfigException:
+            await config.load_kube_config(
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        return cls(client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self._api_client.close()
+
+    # ------------------------------------------------------------------ generic verbs
+    async def get(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> JsonObj | None:
+        try:
+            obj = await self._custom.get_namespaced_custom_object(
+                group, version, namespace, plural, name
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _api_error(err) from err
+        return cast(JsonObj, obj)
+
+    async def list(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+    ) -> list[JsonObj]:
+        kwargs: dict[str, Any] = {}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        try:
+            if namespace is None:
+                result = await self._custom.list_cluster_custom_object(
+                    group, version, plural, **kwargs
+                )
+            else:
+                result = await self._custom.list_namespaced_custom_object(
+                    group, version, namespace, plural, **kwargs
+                )
+        except ApiException as err:
+            if err.status == 404:  # the CRD is not installed
+                return []
+            raise _api_error(err) from err
+        return cast(list[JsonObj], result.get("items", []))
+
+    async def apply(self, obj: JsonObj) -> JsonObj:
+        """Server-side apply with lorafleet's one field manager; we own our fields (force)."""
+        group, _, version = obj["apiVersion"].rpartition("/")
+        plural = _plural(obj["kind"])
+        meta = obj["metadata"]
+        try:
+            result = await self._custom.patch_namespaced_custom_object(
+                group,
+                version,
+                meta["namespace"],
+                plural,
+                meta["name"],
+                obj,
+                field_manager=constants.FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        except ApiException as err:
+            raise _api_error(err) from err
+        return cast(JsonObj, result)
+
+    async def patch_status(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: JsonObj,
+    ) -> JsonObj | None:
+        """Merge-patch the status subresource; ``None`` if the object is gone."""
+        try:
+            result = await self._custom.patch_namespaced_custom_object_status(
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _api_error(err) from err
+        return cast(JsonObj, result)
+
+    # ------------------------------------------------------------------ per kind
+    async def get_rayservice(self, namespace: str, name: str) -> JsonObj | None:
+        return await self.get(*_RAY, namespace, name)
+
+
+def _plural(kind: str) -> str:
+    plurals = {
+        "RayService": "rayservices",
+        constants.LORAMODEL_KIND: constants.LORAMODEL_PLURAL,
+        constants.ADAPTERCATALOG_KIND: constants.ADAPTERCATALOG_PLURAL,
+    }
+    return plurals[kind]

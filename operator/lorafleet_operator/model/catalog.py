@@ -1,0 +1,84 @@
+"""What the operator knows of one AdapterCatalog a LoRAModel refers to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AdapterRank(BaseModel):
+    """One valid adapter and its LoRA rank."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    rank: int = Field(ge=1)
+
+
+class CatalogSnapshot(BaseModel):
+    """A summary of one referenced AdapterCatalog, taken from its status.
+
+    A catalog's status never lists every adapter when there are many (etcd's object size
+    limit), so counts come from the rank histogram and ``adapters`` may be a bounded sample:
+    enough to name some incompatible adapters, not a full index."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    namespace: str
+    found: bool
+    # Valid adapters per LoRA rank (invalid adapters are never served, so never counted).
+    rank_histogram: dict[int, int] = Field(default_factory=dict)
+    adapters: tuple[AdapterRank, ...] = ()
+
+    @property
+    def valid_adapters(self) -> int:
+        return sum(self.rank_histogram.values())
+
+    @property
+    def largest_valid_rank(self) -> int | None:
+        ranks = [rank for rank, count in self.rank_histogram.items() if count > 0]
+        return max(ranks, default=None)
+
+    @classmethod
+    def missing(cls, name: str, namespace: str) -> CatalogSnapshot:
+        """A referenced catalog that does not exist (yet)."""
+        return cls(name=name, namespace=namespace, found=False)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> CatalogSnapshot:
+        """Summarise an AdapterCatalog object as read from the API server or a file.
+
+        Reads ``status.rankHistogram`` (valid adapters per rank; JSON keys are strings) and
+        ``status.adapters`` (a bounded list of valid adapters, ``{name, rank}``). When the
+        histogram is absent it is counted from the list. A catalog not synced yet (no
+        status) is found but has no adapters. Malformed entries are skipped: a catalog's
+        status must never stop its models from rendering."""
+        metadata = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        adapters = tuple(
+            AdapterRank(name=entry["name"], rank=entry["rank"])
+            for entry in status.get("adapters") or []
+            if isinstance(entry, Mapping)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("rank"), int)
+            and entry["rank"] >= 1
+        )
+        histogram: dict[int, int] = {}
+        raw_histogram = status.get("rankHistogram")
+        if isinstance(raw_histogram, Mapping):
+            for rank, count in raw_histogram.items():
+                if str(rank).isdigit() and int(rank) >= 1 and isinstance(count, int):
+                    histogram[int(rank)] = count
+        else:
+            for adapter in adapters:
+                histogram[adapter.rank] = histogram.get(adapter.rank, 0) + 1
+        return cls(
+            name=str(metadata.get("name", "")),
+            namespace=str(metadata.get("namespace") or "default"),
+            found=True,
+            rank_histogram=histogram,
+            adapters=adapters,
+        )

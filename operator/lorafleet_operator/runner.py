@@ -1,0 +1,43 @@
+"""Runs the kopf operator in this process (``lorafleet operator``).
+
+Standalone mode, deliberately: lorafleet runs as one replica (the chart's Deployment uses
+the Recreate strategy), so kopf's peering, which needs its own cluster-wide CRDs and RBAC,
+buys nothing. Every write is idempotent (server-side apply guarded by our spec hash; status
+patched only when it changed), so a restart at any point converges."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import kopf
+
+from lorafleet_operator.model.config import OperatorConfig
+
+LOG_FORMATS = {
+    "plain": kopf.LogFormat.PLAIN,
+    "full": kopf.LogFormat.FULL,
+    "json": kopf.LogFormat.JSON,
+}
+
+
+def run_operator(
+    *,
+    namespaces: Sequence[str],
+    log_format: str,
+    liveness_endpoint: str | None,
+    verbose: bool,
+    config: OperatorConfig,
+) -> None:
+    import lorafleet_operator.handlers  # noqa: F401  (registers the handlers with kopf)
+
+    kopf.configure(verbose=verbose, log_format=LOG_FORMATS[log_format])
+    if not verbose:
+        logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness_endpoint,
+        memo=kopf.Memo(config=config),
+    )

@@ -1,0 +1,22 @@
+"""Status computation: conditions and the LoRAModel status from observed objects, with the
+clock passed in. Pure: no I/O, no Kubernetes client."""
+
+from __future__ import annotations
+
+from lorafleet_operator.status.conditions import find_condition, set_condition
+from lorafleet_operator.status.loramodel import (
+    compute_loramodel_status,
+    count_adapters,
+    invalid_spec_status,
+)
+from lorafleet_operator.status.rayservice import RayServiceHealth, assess_rayservice
+
+__all__ = [
+    "RayServiceHealth",
+    "assess_rayservice",
+    "compute_loramodel_status",
+    "count_adapters",
+    "find_condition",
+    "invalid_spec_status",
+    "set_condition",
+]

@@ -1,0 +1,155 @@
+"""The contract between the operator and the runtime: the arguments of
+``lorafleet_runtime.app:build_app``.
+
+The operator renders one ``RuntimeArgs`` into the RayService's ``serveConfigV2`` (as the
+application's ``args``); the runtime parses the same model back. Both sides import this module,
+so they cannot drift. It must stay importable without ray or vllm: the operator imports it and
+import-linter forbids the operator from pulling in either.
+
+Adapters are deliberately absent: only the catalogs' names are here, so adding or removing an
+adapter never changes ``serveConfigV2`` (a change there re-deploys the Serve application).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+SCHEMA_VERSION: Final = 1
+
+# The ranks vLLM accepts for ``max_lora_rank``: ``MaxLoRARanks`` in vllm/config/lora.py.
+# Any other value makes the engine refuse to start.
+MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+SUPPORTED_MAX_LORA_RANKS: Final[tuple[MaxLoraRank, ...]] = get_args(MaxLoraRank)
+
+# vLLM's ``ModelDType`` (vllm/config/model.py).
+Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+
+RouterPolicy = Literal["adapter-affinity", "ray-default"]
+
+# Engine arguments the runtime derives from typed fields. Letting the passthrough set them
+# would break the invariants the operator promises (e.g. Ray Serve's
+# max_num_adapters_per_replica == vLLM's max_loras).
+MANAGED_ENGINE_KWARGS: Final[frozenset[str]] = frozenset(
+    {
+        "model",
+        "served_model_name",
+        "enable_lora",
+        "max_loras",
+        "max_lora_rank",
+        "max_cpu_loras",
+        "max_model_len",
+        "tensor_parallel_size",
+        "dtype",
+        "gpu_memory_utilization",
+    }
+)
+
+
+def conflicting_engine_kwargs(keys: Iterable[str]) -> list[str]:
+    """The keys (as written, sorted) that name an engine argument lorafleet sets itself;
+    vLLM's CLI spelling with dashes counts too."""
+    return sorted(key for key in keys if key.replace("-", "_") in MANAGED_ENGINE_KWARGS)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CatalogRef(_Frozen):
+    """An AdapterCatalog the runtime reads its adapter index from."""
+
+    name: str = Field(min_length=1)
+    namespace: str = Field(min_length=1)
+
+
+class EngineArgs(_Frozen):
+    """vLLM engine settings that the runtime passes on (plus LoRA serving settings)."""
+
+    max_loras: int = Field(
+        ge=1,
+        description=(
+            "Adapters resident on the GPU per replica. The runtime uses this ONE value for "
+            "both vLLM's max_loras and Ray Serve's max_num_adapters_per_replica."
+        ),
+    )
+    max_lora_rank: MaxLoraRank
+    max_cpu_loras: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    dtype: Dtype = "auto"
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    extra_engine_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> EngineArgs:
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            # vLLM rejects this at engine start; fail where the config is written instead.
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
+            )
+        managed = conflicting_engine_kwargs(self.extra_engine_kwargs)
+        if managed:
+            raise ValueError(
+                f"extra_engine_kwargs may not set {', '.join(managed)}: "
+                "lorafleet derives them from typed fields"
+            )
+        return self
+
+
+class AutoscalingArgs(_Frozen):
+    """Serve replica counts; names as in Ray Serve's ``autoscaling_config``."""
+
+    min_replicas: int = Field(ge=0)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AutoscalingArgs:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class RouterArgs(_Frozen):
+    """Request routing between replicas."""
+
+    policy: RouterPolicy = "adapter-affinity"
+    max_replicas_per_adapter: int | None = Field(default=None, ge=1)
+    load_bound_factor: float | None = Field(default=None, ge=1)
+
+
+class RuntimeArgs(_Frozen):
+    """Keyword arguments of ``lorafleet_runtime.app:build_app``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model_id: str = Field(min_length=1, pattern=r"^[^:]+$")
+    model_source: str = Field(min_length=1)
+    catalogs: tuple[CatalogRef, ...] = ()
+    engine: EngineArgs
+    autoscaling_config: AutoscalingArgs
+    use_gpu: bool = Field(
+        description=(
+            "Whether each engine replica reserves tensor_parallel_size GPUs (its placement "
+            "group); False runs the engine on CPU (vLLM's CPU build)."
+        ),
+    )
+    accelerator_type: str | None = None
+    router: RouterArgs = RouterArgs()
+
+    def to_serve_args(self) -> dict[str, Any]:
+        """The JSON-compatible dict that goes under ``args`` in ``serveConfigV2``.
+
+        Unset optional fields are left out rather than written as null: a runtime image older
+        than the operator then still accepts arguments it has never heard of, as long as they
+        are unset (values inside ``extra_engine_kwargs`` are kept as written)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @classmethod
+    def from_serve_args(cls, args: Mapping[str, Any]) -> RuntimeArgs:
+        """Parse the ``args`` of the Serve application, as Ray Serve hands them over."""
+        return cls.model_validate(dict(args))

@@ -1,0 +1,342 @@
+"""A user applies a LoRAModel and the operator, running against a real API server, keeps a
+correct RayService and an honest status. KubeRay is not running in this module: the tests
+write RayService status the way KubeRay does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lorafleet_testbed.controlplane import ControlPlane
+from lorafleet_testbed.toolchain import REPO_ROOT
+
+from .conftest import OperatorProcess, condition, eventually, get_json
+
+EXAMPLE = REPO_ROOT / "examples" / "lora-model.yaml"
+
+
+def _namespace(plane: ControlPlane, name: str) -> str:
+    plane.kubectl("create", "namespace", name)
+    return name
+
+
+def _apply(plane: ControlPlane, obj: dict[str, Any] | Path, namespace: str) -> None:
+    if isinstance(obj, Path):
+        plane.kubectl("apply", "-n", namespace, "-f", str(obj))
+    else:
+        plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(obj))
+
+
+def _rayservice_for(plane: ControlPlane, namespace: str, model: str) -> dict[str, Any]:
+    items = get_json(
+        plane, "rayservices", "-n", namespace, "-l", f"lorafleet.dev/loramodel={model}"
+    ).get("items", [])
+    return items[0] if len(items) == 1 else {}
+
+
+def _serve_args(rayservice: dict[str, Any]) -> dict[str, Any]:
+    config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    return dict(app["args"])
+
+
+def _kuberay_status(
+    rayservice: dict[str, Any],
+    *,
+    app_status: str = "RUNNING",
+    message: str = "",
+    endpoints: int = 1,
+    ready: bool = True,
+) -> dict[str, Any]:
+    """A RayService status as KubeRay v1.7 writes it once Serve is (or is not) running."""
+    now = "2026-11-22T10:00:00Z"
+    return {
+        "observedGeneration": rayservice["metadata"]["generation"],
+        "numServeEndpoints": endpoints,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True" if ready else "False",
+                "reason": "NonZeroServeEndpoints" if ready else "ZeroServeEndpoints",
+                "message": "",
+                "lastTransitionTime": now,
+            },
+            {
+                "type": "UpgradeInProgress",
+                "status": "False",
+                "reason": "NoPendingCluster",
+                "message": "",
+                "lastTransitionTime": now,
+            },
+        ],
+        "activeServiceStatus": {
+            "rayClusterName": rayservice["metadata"]["name"] + "-abcde",
+            "applicationStatuses": {
+                "lorafleet": {
+                    "status": app_status,
+                    "message": message,
+                    "serveDeploymentStatuses": {
+                        "LLMServer": {
+                            "status": "HEALTHY" if app_status == "RUNNING" else "UNHEALTHY",
+                            "message": message,
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def _patch_rayservice_status(
+    plane: ControlPlane, rs: dict[str, Any], status: dict[str, Any]
+) -> None:
+    plane.kubectl(
+        "patch",
+        "rayservice",
+        rs["metadata"]["name"],
+        "-n",
+        rs["metadata"]["namespace"],
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+
+def test_example_becomes_a_rayservice_and_edits_follow(
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+) -> None:
+    ns = _namespace(control_plane, "op-example")
+    _apply(control_plane, EXAMPLE, ns)
+    rs = eventually(lambda: _rayservice_for(control_plane, ns, "qwen"), what="the RayService")
+    assert rs["metadata"]["ownerReferences"][0]["kind"] == "LoRAModel"
+    assert rs["spec"]["serveService"]["metadata"]["name"] == "qwen"
+    assert _serve_args(rs)["engine"]["max_loras"] == 8
+
+    model = eventually(
+        lambda: (
+            (m := get_json(control_plane, "loramodel", "qwen", "-n", ns))
+            .get("status", {})
+            .get("endpoint")
+            and m
+        ),
+        what="LoRAModel status",
+    )
+    assert model["status"]["endpoint"] == f"http://qwen.{ns}.svc:8000/v1"
+    assert model["status"]["rayServiceName"] == rs["metadata"]["name"]
+    assert condition(model, "Ready")["status"] == "False"
+    # The example's catalog does not exist in this namespace: say so, by name.
+    assert condition(model, "Degraded")["reason"] == "CatalogNotFound"
+    assert "support-adapters" in condition(model, "Degraded")["message"]
+    events = control_plane.kubectl(
+        "get", "events", "-n", ns, "--field-selector", "involvedObject.name=qwen", "-o", "json"
+    ).stdout
+    assert any(e["reason"] == "Applied" for e in json.loads(events)["items"])
+
+    control_plane.kubectl(
+        "patch",
+        "loramodel",
+        "qwen",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"engine": {"maxLoras": 12, "maxCpuLoras": 32}}}',
+    )
+    edited = eventually(
+        lambda: (
+            (r := _rayservice_for(control_plane, ns, "qwen"))
+            and _serve_args(r)["engine"]["max_loras"] == 12
+            and r
+        ),
+        what="the edit to reach the RayService",
+    )
+    assert edited["metadata"]["name"] == rs["metadata"]["name"]
+
+
+def test_reapplying_the_same_spec_writes_nothing(
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+) -> None:
+    ns = _namespace(control_plane, "op-noop")
+    _apply(control_plane, EXAMPLE, ns)
+    rs = eventually(lambda: _rayservice_for(control_plane, ns, "qwen"), what="the RayService")
+    eventually(
+        lambda: (
+            get_json(control_plane, "loramodel", "qwen", "-n", ns)
+            .get("status", {})
+            .get("observedGeneration")
+        ),
+        what="status",
+    )
+    before = rs["metadata"]["resourceVersion"]
+    _apply(control_plane, EXAMPLE, ns)
+    # An annotation edit makes kopf run the update handler: a reconcile with nothing to do.
+    control_plane.kubectl("annotate", "loramodel", "qwen", "-n", ns, "touched=1")
+    eventually(
+        lambda: _handled_after_touch(control_plane, ns),
+        timeout=30,
+        what="the operator to handle the touched LoRAModel",
+    )
+    after = _rayservice_for(control_plane, ns, "qwen")
+    assert after["metadata"]["resourceVersion"] == before
+
+
+def _handled_after_touch(plane: ControlPlane, ns: str) -> bool:
+    model = get_json(plane, "loramodel", "qwen", "-n", ns)
+    last = model["metadata"].get("annotations", {}).get("lorafleet.dev/last-handled-configuration")
+    return bool(last) and "touched" in last
+
+
+def test_deleting_the_loramodel_garbage_collects_the_rayservice(
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+) -> None:
+    ns = _namespace(control_plane, "op-delete")
+    _apply(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
+    eventually(lambda: _rayservice_for(control_plane, ns, "qwen-mini"), what="the RayService")
+    control_plane.kubectl("delete", "loramodel", "qwen-mini", "-n", ns)
+    eventually(
+        lambda: not get_json(control_plane, "rayservices", "-n", ns).get("items"),
+        timeout=90,
+        what="garbage collection of the RayService",
+    )
+
+
+def test_rayservice_status_drives_the_conditions(
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+) -> None:
+    ns = _namespace(control_plane, "op-status")
+    _apply(
+        control_plane,
+        {
+            "apiVersion": "lorafleet.dev/v1alpha1",
+            "kind": "LoRAModel",
+            "metadata": {"name": "base-only"},
+            "spec": {"baseModel": {"source": "Qwen/Qwen2.5-0.5B-Instruct"}},
+        },
+        ns,
+    )
+    rs = eventually(lambda: _rayservice_for(control_plane, ns, "base-only"), what="RayService")
+
+    def model() -> dict[str, Any]:
+        return get_json(control_plane, "loramodel", "base-only", "-n", ns)
+
+    _patch_rayservice_status(control_plane, rs, _kuberay_status(rs))
+    ready = eventually(
+        lambda: condition(model(), "Ready").get("status") == "True" and model(),
+        what="Ready=True once KubeRay reports RUNNING with endpoints",
+    )
+    assert condition(ready, "Degraded")["status"] == "False"
+    assert condition(ready, "Progressing")["status"] == "False"
+
+    gpu_message = (
+        "Deployment 'LLMServer' has 1 replicas that have taken more than 30s to be "
+        "scheduled. Resources required for each replica: {'GPU': 1.0}"
+    )
+    _patch_rayservice_status(
+        control_plane,
+        rs,
+        _kuberay_status(
+            rs, app_status="DEPLOY_FAILED", message=gpu_message, endpoints=0, ready=False
+        ),
+    )
+    degraded = eventually(
+        lambda: condition(model(), "Degraded").get("status") == "True" and model(),
+        what="Degraded=True on DEPLOY_FAILED",
+    )
+    assert "GPU" in condition(degraded, "Degraded")["message"]
+    # Debounced (3 s here): not Ready once the failure persisted.
+    not_ready = eventually(
+        lambda: condition(model(), "Ready").get("status") == "False" and model(),
+        timeout=90,
+        what="Ready=False after the debounce",
+    )
+    flipped = condition(not_ready, "Ready")["lastTransitionTime"]
+    assert flipped >= condition(ready, "Ready")["lastTransitionTime"]
+
+    _patch_rayservice_status(
+        control_plane,
+        rs,
+        {
+            **_kuberay_status(rs),
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "NonZeroServeEndpoints",
+                    "message": "",
+                    "lastTransitionTime": "2026-11-22T10:00:00Z",
+                },
+                {
+                    "type": "UpgradeInProgress",
+                    "status": "True",
+                    "reason": "BothActivePendingClustersExist",
+                    "message": "",
+                    "lastTransitionTime": "2026-11-22T10:00:00Z",
+                },
+            ],
+        },
+    )
+    upgrading = eventually(
+        lambda: condition(model(), "Progressing").get("status") == "True" and model(),
+        what="Progressing=True during an upgrade",
+    )
+    assert condition(upgrading, "Ready")["status"] == "False"
+
+
+def test_an_invalid_spec_is_refused_before_the_operator_sees_it(
+    control_plane: ControlPlane,
+) -> None:
+    bad = {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "LoRAModel",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {
+            "baseModel": {"source": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "replicas": {"min": 3, "max": 2},
+        },
+    }
+    result = control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(bad), check=False)
+    assert result.returncode != 0
+    assert "replicas.min must be less than or equal to replicas.max" in result.stderr
+
+
+def test_operator_killed_mid_reconcile_converges_after_restart(
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+) -> None:
+    count = 12
+    ns = _namespace(control_plane, "op-restart")
+    docs = [
+        {
+            "apiVersion": "lorafleet.dev/v1alpha1",
+            "kind": "LoRAModel",
+            "metadata": {"name": f"m{i}", "namespace": ns},
+            "spec": {"baseModel": {"source": "Qwen/Qwen2.5-0.5B-Instruct"}},
+        }
+        for i in range(count)
+    ]
+    control_plane.kubectl(
+        "apply", "-f", "-", input_text="\n---\n".join(json.dumps(d) for d in docs)
+    )
+    # Kill as soon as the first RayService shows up: the rest are mid-flight.
+    eventually(
+        lambda: get_json(control_plane, "rayservices", "-n", ns).get("items"),
+        interval=0.05,
+        what="the first RayService",
+    )
+    lorafleet_operator.kill9()
+    lorafleet_operator.start()
+
+    def converged() -> bool:
+        services = get_json(control_plane, "rayservices", "-n", ns).get("items", [])
+        models = get_json(control_plane, "loramodels", "-n", ns).get("items", [])
+        return len(services) == count and all(
+            m.get("status", {}).get("rayServiceName") for m in models
+        )
+
+    eventually(converged, timeout=120, what=f"{count} RayServices and {count} statuses")
+    services = get_json(control_plane, "rayservices", "-n", ns)["items"]
+    owners = sorted(s["metadata"]["ownerReferences"][0]["name"] for s in services)
+    assert owners == sorted(f"m{i}" for i in range(count)), "a duplicate or missing RayService"
