@@ -16,6 +16,15 @@ TESTS = Path(__file__).parent
 LAYERS = ("unit", "integration", "runtime", "gpu")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/unit/golden/ from the current output instead of comparing",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Each test gets the marker of the folder it lives in (tests/unit -> unit, ...)."""
     for item in items:

@@ -2,9 +2,8 @@
 
 Rewrite golden files after an intended change with
 
-    .venv/bin/pytest tests/unit --update-golden
+    .venv/bin/pytest -m unit --update-golden
 
-(the option is defined here, so pytest must be pointed at tests/unit for it to be known)
 and review the diff like code."""
 
 from __future__ import annotations
@@ -21,15 +20,6 @@ SHARED = REPO_ROOT.parent / "shared"
 RAYSERVICE_CRD = SHARED / "kuberay" / "crd" / "ray.io_rayservices.yaml"
 LORAMODEL_CRD = REPO_ROOT / "crds" / "lorafleet.dev_loramodels.yaml"
 GOLDEN_DIR = Path(__file__).parent / "golden"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--update-golden",
-        action="store_true",
-        default=False,
-        help="rewrite tests/unit/golden/ from the current output instead of comparing",
-    )
 
 
 @pytest.fixture

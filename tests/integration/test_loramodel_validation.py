@@ -1,0 +1,128 @@
+"""Bad LoRAModels are refused by the real API server (CRD schema and CEL rules) with a
+message that names the field and says what is wrong, before the operator ever sees them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lorafleet_testbed.controlplane import ControlPlane
+
+VALID: dict[str, Any] = {
+    "apiVersion": "lorafleet.dev/v1alpha1",
+    "kind": "LoRAModel",
+    "metadata": {"name": "m", "namespace": "default"},
+    "spec": {"baseModel": {"source": "Qwen/Qwen2.5-0.5B-Instruct"}},
+}
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _spec(key: str, value: Any) -> Mutation:
+    return lambda obj: obj["spec"].__setitem__(key, value)
+
+
+def _name(value: str) -> Mutation:
+    return lambda obj: obj["metadata"].__setitem__("name", value)
+
+
+DNS_1035 = "metadata.name must be a DNS-1035 label of at most 63 characters"
+CASES: list[tuple[str, Mutation, str]] = [
+    ("missing base model", lambda o: o["spec"].pop("baseModel"), "spec.baseModel: Required value"),
+    ("missing source", _spec("baseModel", {}), "spec.baseModel.source: Required value"),
+    (
+        "unsupported source scheme",
+        lambda o: o["spec"]["baseModel"].__setitem__("source", "ftp://models/qwen"),
+        "baseModel.source must be a Hugging Face repo id (org/name) or an s3://, gs:// or file:///",
+    ),
+    (
+        "zero maxLoras",
+        _spec("engine", {"maxLoras": 0}),
+        "spec.engine.maxLoras in body should be greater than or equal to 1",
+    ),
+    (
+        "min above max",
+        _spec("replicas", {"min": 3, "max": 2}),
+        "replicas.min must be less than or equal to replicas.max",
+    ),
+    (
+        "negative replicas",
+        _spec("replicas", {"min": -1, "max": 2}),
+        "spec.replicas.min in body should be greater than or equal to 0",
+    ),
+    (
+        "no replica at all",
+        _spec("replicas", {"min": 0, "max": 0}),
+        "replicas.max must be at least 1",
+    ),
+    ("unknown field", _spec("maxAdapters", 3), 'unknown field "spec.maxAdapters"'),
+    (
+        "wrong type",
+        _spec("engine", {"maxLoras": "four"}),
+        "spec.engine.maxLoras in body must be of type integer",
+    ),
+    ("name too long for the Service", _name("m" * 64), DNS_1035),
+    ("dotted name", _name("qwen.v2"), DNS_1035),
+    (
+        "rank vLLM does not support",
+        _spec("engine", {"maxLoraRank": 24}),
+        'spec.engine.maxLoraRank: Unsupported value: 24: supported values: "1", "8", "16"',
+    ),
+    ("colon in modelId", _spec("modelId", "qwen:7b"), "must not contain ':'"),
+    (
+        "unknown dtype",
+        _spec("engine", {"dtype": "int4"}),
+        'spec.engine.dtype: Unsupported value: "int4"',
+    ),
+    (
+        "CPU cache smaller than GPU slots",
+        _spec("engine", {"maxLoras": 8, "maxCpuLoras": 4}),
+        "engine.maxCpuLoras must be greater than or equal to engine.maxLoras",
+    ),
+    (
+        "GPUs not a multiple of tensor parallelism",
+        lambda o: o["spec"].update(
+            {"engine": {"tensorParallelSize": 4}, "resources": {"accelerator": {"count": 6}}}
+        ),
+        "resources.accelerator.count must be a multiple of engine.tensorParallelSize",
+    ),
+    (
+        "unknown router policy",
+        _spec("router", {"policy": "random"}),
+        'spec.router.policy: Unsupported value: "random"',
+    ),
+    (
+        "load bound below 1",
+        _spec("router", {"loadBoundFactor": 0.5}),
+        "spec.router.loadBoundFactor in body should be greater than or equal to 1",
+    ),
+    ("catalog without a name", _spec("catalogs", [{}]), "spec.catalogs[0].name: Required value"),
+]
+
+
+def _create(plane: ControlPlane, obj: dict[str, Any]) -> tuple[int, str]:
+    result = plane.kubectl(
+        "create", "--dry-run=server", "-f", "-", input_text=json.dumps(obj), check=False
+    )
+    return result.returncode, result.stderr
+
+
+def test_the_valid_base_is_accepted(control_plane: ControlPlane) -> None:
+    assert _create(control_plane, VALID) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"), [(m, e) for _, m, e in CASES], ids=[c[0] for c in CASES]
+)
+def test_invalid_loramodel_is_rejected_with_a_clear_message(
+    control_plane: ControlPlane, mutate: Mutation, message: str
+) -> None:
+    obj = copy.deepcopy(VALID)
+    mutate(obj)
+    code, stderr = _create(control_plane, obj)
+    assert code != 0
+    assert message in stderr

@@ -1,0 +1,77 @@
+"""`lorafleet render` prints the RayService a LoRAModel becomes, with no cluster, and refuses
+bad input with a message and a non-zero exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from click.testing import CliRunner
+
+from lorafleet_operator.cli import main
+from lorafleet_testbed.toolchain import REPO_ROOT
+
+EXAMPLES = REPO_ROOT / "examples"
+
+
+def _render(*args: str, stdin: str | None = None) -> Any:
+    return CliRunner().invoke(main, ["render", *args], input=stdin)
+
+
+def test_every_example_renders_a_valid_rayservice(rayservice_schema: dict[str, Any]) -> None:
+    examples = sorted(EXAMPLES.glob("lora-model*.yaml"))
+    assert examples
+    for example in examples:
+        result = _render("-f", str(example))
+        assert result.exit_code == 0, result.output
+        (rayservice,) = list(yaml.safe_load_all(result.output))
+        assert rayservice["kind"] == "RayService"
+        jsonschema.validate(rayservice, rayservice_schema)
+        assert "ownerReferences" not in rayservice["metadata"]
+
+
+def test_render_is_byte_stable_and_follows_the_image_flag() -> None:
+    example = str(EXAMPLES / "lora-model.yaml")
+    first, second = _render("-f", example), _render("-f", example)
+    assert first.output == second.output
+    custom = _render("-f", str(EXAMPLES / "lora-model-minimal.yaml"), "--image", "my/img:1")
+    assert "image: my/img:1" in custom.output
+
+
+def test_catalog_status_given_with_f_sets_the_rank_default(tmp_path: Path) -> None:
+    catalog = {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "AdapterCatalog",
+        "metadata": {"name": "support-adapters"},
+        "status": {"rankHistogram": {"8": 3, "48": 1}},
+    }
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    result = _render("-f", str(EXAMPLES / "lora-model-minimal.yaml"), "-f", str(path))
+    assert result.exit_code == 0, result.output
+    serve = yaml.safe_load(yaml.safe_load(result.output)["spec"]["serveConfigV2"])
+    assert serve["applications"][0]["args"]["engine"]["max_lora_rank"] == 64
+
+
+def test_invalid_input_fails_with_a_message() -> None:
+    bad = yaml.safe_dump(
+        {
+            "apiVersion": "lorafleet.dev/v1alpha1",
+            "kind": "LoRAModel",
+            "metadata": {"name": "m"},
+            "spec": {"baseModel": {"source": "x/y"}, "engine": {"maxLoras": 0}},
+        }
+    )
+    result = _render("-f", "-", stdin=bad)
+    assert result.exit_code != 0
+    assert "LoRAModel m: spec.engine.maxLoras" in result.output
+
+    nothing = _render("-f", "-", stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    assert nothing.exit_code != 0
+    assert "no LoRAModel found" in nothing.output
+
+    broken = _render("-f", "-", stdin="spec: [unclosed")
+    assert broken.exit_code != 0
+    assert "not valid YAML" in broken.output
