@@ -17,11 +17,11 @@ help: ## List the targets
 $(VENV_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[operator,dev]'
+	$(PY) -m pip install --quiet -e '.[operator,dev,models]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 .PHONY: venv
-venv: $(VENV_STAMP) ## Create .venv with the operator and dev dependencies
+venv: $(VENV_STAMP) ## Create .venv with the operator, dev and models (torch, peft) dependencies
 
 .PHONY: tools
 tools: ## Build the pinned toolchain (k8s, etcd, helm, KubeRay, MinIO, fake-gcs-server) into the cache

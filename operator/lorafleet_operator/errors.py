@@ -27,3 +27,28 @@ class DependencyMissingError(LorafleetError):
     """Something the object refers to does not exist yet (e.g. an AdapterCatalog): retry later."""
 
     default_reason = "DependencyMissing"
+
+
+class StorageError(LorafleetError):
+    """Listing or reading an adapter source failed. Subclasses name why; the message is
+    already scrubbed of credentials (see ``storage.scrub``), so it may go into status."""
+
+    default_reason = "StorageError"
+
+
+class StorageUnreachableError(StorageError):
+    """The endpoint did not answer, timed out, or asked us to slow down: retry with backoff."""
+
+    default_reason = "StorageUnreachable"
+
+
+class AccessDeniedError(StorageError):
+    """Credentials are missing, wrong or lack permission: retrying helps once they are fixed."""
+
+    default_reason = "AccessDenied"
+
+
+class StorageNotFoundError(StorageError):
+    """The bucket, prefix or directory does not exist."""
+
+    default_reason = "NotFound"

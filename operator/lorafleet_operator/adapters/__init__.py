@@ -1,0 +1,33 @@
+"""Adapter folders → validated index records. Pure: storage listings and config bytes come in,
+:class:`~lorafleet_runtime.catalog_index.AdapterRecord` values go out (no SDK, no clock)."""
+
+from __future__ import annotations
+
+from lorafleet_operator.adapters.changes import IndexChanges, compare_records
+from lorafleet_operator.adapters.listing import (
+    CONFIG_FILE,
+    AdapterFolder,
+    FolderListing,
+    StoredObject,
+    group_folders,
+)
+from lorafleet_operator.adapters.validation import (
+    MAX_CONFIG_BYTES,
+    REASONS,
+    invalid_name_reason,
+    validate_adapter,
+)
+
+__all__ = [
+    "CONFIG_FILE",
+    "MAX_CONFIG_BYTES",
+    "REASONS",
+    "AdapterFolder",
+    "FolderListing",
+    "IndexChanges",
+    "StoredObject",
+    "compare_records",
+    "group_folders",
+    "invalid_name_reason",
+    "validate_adapter",
+]

@@ -1,0 +1,198 @@
+"""Is an adapter folder servable by vLLM? Each failure has a one-word reason and a message.
+
+Checks run in a fixed order and the first failure decides, so an adapter has exactly one
+reason and re-syncs report it the same way. Invalid adapters stay in the index (with the
+reason) but are never offered for serving."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Final, cast
+
+from lorafleet_operator.adapters.listing import CONFIG_FILE, AdapterFolder
+from lorafleet_runtime.catalog_index import AdapterFile, AdapterRecord
+
+# adapter_config.json files are a few hundred bytes; a larger one is not a PEFT config, and
+# reading it would let one folder cost the operator memory.
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+# Clients write "<modelId>:<adapter>", Ray Serve uses it as a multiplexed model id, and it
+# becomes a path component on every replica's disk.
+MAX_NAME_LENGTH: Final = 128
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+WEIGHT_FILES: Final = ("adapter_model.safetensors", "adapter_model.bin")
+
+REASONS: Final[dict[str, str]] = {
+    "NameInvalid": "the folder name cannot be used in <modelId>:<adapter>",
+    "TooLarge": "the folder's files add up to more than spec.maxAdapterSize",
+    "Nested": "adapter files are in a deeper subfolder, not at the top of the adapter folder",
+    "ConfigMissing": "no adapter_config.json",
+    "ConfigTooLarge": "adapter_config.json is larger than 1 MiB",
+    "ConfigUnreadable": "adapter_config.json was listed but could not be read",
+    "ConfigNotJson": "adapter_config.json is not valid JSON",
+    "ConfigNotObject": "adapter_config.json is JSON but not an object",
+    "NotLora": "peft_type is not LORA",
+    "RankMissing": "no rank (r)",
+    "RankInvalid": "the rank (r) is not a positive integer",
+    "AlphaInvalid": "lora_alpha is not a positive number",
+    "TargetModulesMissing": "target_modules is missing or empty",
+    "ModulesToSave": "modules_to_save is set; vLLM cannot serve such adapters",
+    "UnsupportedOption": "an option vLLM cannot serve (DoRA, per-layer rank patterns)",
+    "WeightsMissing": "no adapter_model.safetensors or adapter_model.bin",
+    "WeightsEmpty": "the weight file is empty",
+    "BaseModelMismatch": "base_model_name_or_path is not the catalog's baseModel",
+}
+
+
+def invalid_name_reason(name: str) -> str | None:
+    """Why ``name`` cannot be an adapter name, or None when it can."""
+    if len(name) > MAX_NAME_LENGTH:
+        return f"the name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed"
+    if ".." in name:
+        return "the name contains '..'"
+    if not _SAFE_NAME.match(name):
+        bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+        if bad:
+            shown = ", ".join(repr(c) for c in bad[:5])
+            return f"the name contains {shown}; use letters, digits, '.', '_' and '-'"
+        return "the name must start with a letter or digit"
+    return None
+
+
+def _same_base_model(expected: str, actual: str) -> bool:
+    if expected == actual:
+        return True
+    # A local path on one side ("/models/Qwen2.5-0.5B") names the same model as the hub id
+    # ("Qwen/Qwen2.5-0.5B") when the last components agree.
+    if expected.startswith(("/", ".")) or actual.startswith(("/", ".")):
+        return expected.rstrip("/").rsplit("/", 1)[-1] == actual.rstrip("/").rsplit("/", 1)[-1]
+    return False
+
+
+def _positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def validate_adapter(
+    folder: AdapterFolder,
+    config: bytes | None,
+    *,
+    folder_uri: str,
+    base_model: str | None,
+    max_adapter_bytes: int,
+    config_unreadable: str | None = None,
+) -> AdapterRecord:
+    """The index record of ``folder``.
+
+    ``config`` is the content of its adapter_config.json, None when it was not read (absent,
+    too large, or ``config_unreadable`` says why not)."""
+    files = tuple(
+        AdapterFile(name=name, size=stored.size) for name, stored in sorted(folder.files.items())
+    )
+    base: dict[str, Any] = {
+        "name": folder.name,
+        "uri": folder_uri,
+        "revision": folder.revision,
+        "files": files,
+        "size_bytes": folder.size_bytes,
+    }
+
+    def invalid(reason: str, message: str, **known: Any) -> AdapterRecord:
+        return AdapterRecord(valid=False, reason=reason, message=message, **base, **known)
+
+    name_problem = invalid_name_reason(folder.name)
+    if name_problem is not None:
+        return invalid("NameInvalid", name_problem)
+    if folder.size_bytes > max_adapter_bytes:
+        return invalid(
+            "TooLarge",
+            f"the files add up to {folder.size_bytes} bytes; the catalog allows "
+            f"{max_adapter_bytes} (spec.maxAdapterSize)",
+        )
+    config_file = folder.files.get(CONFIG_FILE)
+    if config_file is None:
+        nested_configs = [p for p in folder.nested if p.rsplit("/", 1)[-1] == CONFIG_FILE]
+        if nested_configs:
+            return invalid(
+                "Nested",
+                f"found {nested_configs[0]} in a subfolder; each adapter must be an immediate "
+                "subfolder of the catalog with adapter_config.json at its top",
+            )
+        return invalid("ConfigMissing", f"no {CONFIG_FILE} in the folder")
+    if config_file.size > MAX_CONFIG_BYTES:
+        return invalid(
+            "ConfigTooLarge", f"{CONFIG_FILE} is {config_file.size} bytes (at most 1 MiB)"
+        )
+    if config is None:
+        return invalid("ConfigUnreadable", config_unreadable or f"{CONFIG_FILE} was not read")
+    try:
+        parsed = json.loads(config)
+    except (ValueError, UnicodeDecodeError) as err:
+        return invalid("ConfigNotJson", f"{CONFIG_FILE} is not valid JSON: {err}")
+    if not isinstance(parsed, dict):
+        return invalid("ConfigNotObject", f"{CONFIG_FILE} holds a {type(parsed).__name__}")
+
+    peft_type = parsed.get("peft_type")
+    rank = parsed.get("r")
+    alpha = parsed.get("lora_alpha")
+    targets = parsed.get("target_modules")
+    adapter_base = parsed.get("base_model_name_or_path")
+    known: dict[str, Any] = {
+        "peft_type": str(peft_type) if peft_type is not None else None,
+        "base_model": str(adapter_base) if isinstance(adapter_base, str) else None,
+    }
+    if isinstance(targets, str):
+        known["target_modules"] = (targets,)
+    elif isinstance(targets, list):
+        known["target_modules"] = tuple(str(t) for t in targets)
+    if _positive_number(alpha):
+        known["alpha"] = float(cast(float, alpha))
+
+    if str(peft_type).upper() != "LORA":
+        return invalid("NotLora", f"peft_type is {peft_type!r}; only LORA adapters can be served")
+    if rank is None:
+        return invalid("RankMissing", f"{CONFIG_FILE} has no rank (r)", **known)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        return invalid("RankInvalid", f"rank r={rank!r} is not a positive integer", **known)
+    known["rank"] = rank
+    if alpha is not None and not _positive_number(alpha):
+        return invalid("AlphaInvalid", f"lora_alpha={alpha!r} is not a positive number", **known)
+    if not known.get("target_modules"):
+        return invalid("TargetModulesMissing", "target_modules is missing or empty", **known)
+    if parsed.get("modules_to_save"):
+        return invalid(
+            "ModulesToSave",
+            f"modules_to_save={parsed['modules_to_save']!r}: vLLM cannot serve adapters that "
+            "replace whole modules",
+            **known,
+        )
+    if parsed.get("use_dora"):
+        return invalid("UnsupportedOption", "use_dora is set; vLLM cannot serve DoRA", **known)
+    if parsed.get("rank_pattern") or parsed.get("alpha_pattern"):
+        return invalid(
+            "UnsupportedOption",
+            "rank_pattern/alpha_pattern is set; vLLM serves one rank per adapter",
+            **known,
+        )
+    weights = [name for name in WEIGHT_FILES if name in folder.files]
+    if not weights:
+        return invalid(
+            "WeightsMissing", "no adapter_model.safetensors or adapter_model.bin", **known
+        )
+    if all(folder.files[name].size == 0 for name in weights):
+        return invalid("WeightsEmpty", f"{weights[0]} is empty (0 bytes)", **known)
+    if base_model is not None and (
+        adapter_base is None or not _same_base_model(base_model, str(adapter_base))
+    ):
+        return invalid(
+            "BaseModelMismatch",
+            f"the adapter was trained on {adapter_base!r}; the catalog serves {base_model!r}",
+            **known,
+        )
+    return AdapterRecord(valid=True, **base, **known)

@@ -1,0 +1,60 @@
+"""Adapters in a directory: a PersistentVolume mounted into the operator (``file:///mnt/x``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lorafleet_operator.adapters import StoredObject
+from lorafleet_operator.errors import (
+    AccessDeniedError,
+    StorageError,
+    StorageNotFoundError,
+    StorageUnreachableError,
+)
+from lorafleet_operator.storage.base import AdapterStorage
+
+
+class LocalStorage(AdapterStorage):
+    @property
+    def root(self) -> Path:
+        return Path(self.location.prefix)
+
+    def _list_blocking(self) -> list[StoredObject]:
+        root = self.root
+        if not root.is_dir():
+            raise StorageNotFoundError(f"directory {root} does not exist")
+        objects = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames.sort()
+            base = Path(dirpath)
+            for filename in sorted(filenames):
+                path = base / filename
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue  # removed while we walked; the next sync sees it gone
+                objects.append(
+                    StoredObject(
+                        key=path.relative_to(root).as_posix(),
+                        size=stat.st_size,
+                        # A rewrite changes the mtime (and usually the inode when written
+                        # atomically), so both go into the token.
+                        token=f"{stat.st_mtime_ns}-{stat.st_ino}",
+                    )
+                )
+        return objects
+
+    def _read_blocking(self, key: str, max_bytes: int) -> bytes:
+        path = self.root / key
+        with path.open("rb") as handle:
+            return handle.read(max_bytes + 1)
+
+    def _classify(self, err: Exception) -> StorageError | None:
+        if isinstance(err, FileNotFoundError):
+            return StorageNotFoundError(f"{err.filename or self.root} does not exist")
+        if isinstance(err, PermissionError):
+            return AccessDeniedError(f"permission denied reading {err.filename or self.root}")
+        if isinstance(err, OSError):
+            return StorageUnreachableError(f"reading {self.root} failed: {err.strerror or err}")
+        return None

@@ -1,0 +1,131 @@
+"""List a catalog's source and validate every adapter folder: what a sync records.
+
+The operator's sync and ``lorafleet catalog scan`` both call :func:`scan_catalog`.
+Incremental: a folder whose revision matches the previous record (validated under the same
+settings) is not read again, so a re-sync of an unchanged catalog costs one listing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from lorafleet_operator.adapters import (
+    CONFIG_FILE,
+    MAX_CONFIG_BYTES,
+    AdapterFolder,
+    group_folders,
+    invalid_name_reason,
+    validate_adapter,
+)
+from lorafleet_operator.errors import AccessDeniedError, StorageNotFoundError
+from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec
+from lorafleet_operator.storage.base import AdapterStorage
+from lorafleet_runtime.catalog_index import AdapterRecord
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    records: list[AdapterRecord]  # sorted by name
+    stray_files: int
+    excluded: int
+    configs_read: int
+    reused: int
+
+    @property
+    def valid(self) -> list[AdapterRecord]:
+        return [record for record in self.records if record.valid]
+
+    @property
+    def invalid(self) -> list[AdapterRecord]:
+        return [record for record in self.records if not record.valid]
+
+
+def validation_settings(spec: AdapterCatalogSpec) -> str:
+    """Changes when a setting that decides validity changes: records validated under other
+    settings must be validated again, even if their folder did not change."""
+    settings = {
+        "uri": spec.source.location.uri,
+        "baseModel": spec.base_model,
+        "maxAdapterBytes": spec.max_adapter_bytes,
+        "rules": 1,  # bumped when validation.py learns a new rule
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _needs_config(folder: AdapterFolder, max_adapter_bytes: int) -> bool:
+    config = folder.files.get(CONFIG_FILE)
+    return (
+        config is not None
+        and config.size <= MAX_CONFIG_BYTES
+        and folder.size_bytes <= max_adapter_bytes
+        and invalid_name_reason(folder.name) is None
+    )
+
+
+async def scan_catalog(
+    storage: AdapterStorage,
+    spec: AdapterCatalogSpec,
+    previous: Mapping[str, AdapterRecord] | None = None,
+) -> ScanResult:
+    """Every adapter folder under the source, validated.
+
+    ``previous`` are the records of the last good sync under the same
+    :func:`validation_settings`. Raises StorageError subclasses when the listing fails or the
+    storage becomes unreachable mid-way; an adapter whose config vanished or is forbidden
+    between listing and reading is invalid (ConfigUnreadable), not a failed sync."""
+    previous = previous or {}
+    listing = group_folders(
+        await storage.list_objects(), include=spec.include, exclude=spec.exclude
+    )
+    location = storage.location
+    limit = spec.max_adapter_bytes
+    records: dict[str, AdapterRecord] = {}
+    pending: list[AdapterFolder] = []
+    for name, folder in listing.folders.items():
+        old = previous.get(name)
+        if old is not None and old.revision == folder.revision:
+            records[name] = old
+        else:
+            pending.append(folder)
+
+    semaphore = asyncio.Semaphore(storage.concurrency)
+    configs_read = 0
+
+    async def validate(folder: AdapterFolder) -> None:
+        nonlocal configs_read
+        config: bytes | None = None
+        unreadable: str | None = None
+        if _needs_config(folder, limit):
+            async with semaphore:
+                try:
+                    config = await storage.read(f"{folder.name}/{CONFIG_FILE}", MAX_CONFIG_BYTES)
+                    configs_read += 1
+                except (StorageNotFoundError, AccessDeniedError) as err:
+                    unreadable = err.message
+        records[folder.name] = validate_adapter(
+            folder,
+            config,
+            folder_uri=location.folder_uri(folder.name),
+            base_model=spec.base_model,
+            max_adapter_bytes=limit,
+            config_unreadable=unreadable,
+        )
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for folder in pending:
+                group.create_task(validate(folder))
+    except ExceptionGroup as failures:
+        # The first failure says why; the others are the same outage seen by other tasks.
+        raise failures.exceptions[0] from None
+
+    return ScanResult(
+        records=[records[name] for name in sorted(records)],
+        stray_files=listing.stray_files,
+        excluded=listing.excluded,
+        configs_read=configs_read,
+        reused=len(listing.folders) - len(pending),
+    )
