@@ -39,5 +39,5 @@ def run_operator(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness_endpoint,
-        memo=kopf.Memo(config=config),
+        memo=kopf.Memo(config=config, namespaces=list(namespaces)),
     )

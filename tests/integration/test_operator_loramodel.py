@@ -340,3 +340,35 @@ def test_operator_killed_mid_reconcile_converges_after_restart(
     services = get_json(control_plane, "rayservices", "-n", ns)["items"]
     owners = sorted(s["metadata"]["ownerReferences"][0]["name"] for s in services)
     assert owners == sorted(f"m{i}" for i in range(count)), "a duplicate or missing RayService"
+
+
+def test_a_deleted_rayservice_is_recreated_and_no_finalizer_blocks_deletion(
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+) -> None:
+    ns = _namespace(control_plane, "op-repair")
+    _apply(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
+    first = eventually(lambda: _rayservice_for(control_plane, ns, "qwen-mini"), what="RayService")
+    control_plane.kubectl("delete", "rayservice", first["metadata"]["name"], "-n", ns)
+    again = eventually(
+        lambda: (
+            (r := _rayservice_for(control_plane, ns, "qwen-mini"))
+            and r["metadata"]["uid"] != first["metadata"]["uid"]
+            and r
+        ),
+        what="the operator to re-create the deleted RayService",
+    )
+    assert again["metadata"]["name"] == first["metadata"]["name"]
+
+    # Without the operator, deleting a LoRAModel must still work (no finalizer to remove).
+    model = get_json(control_plane, "loramodel", "qwen-mini", "-n", ns)
+    assert not model["metadata"].get("finalizers")
+    lorafleet_operator.stop()
+    try:
+        control_plane.kubectl("delete", "loramodel", "qwen-mini", "-n", ns, "--timeout=30s")
+        eventually(
+            lambda: not get_json(control_plane, "rayservices", "-n", ns).get("items"),
+            timeout=90,
+            what="garbage collection without the operator",
+        )
+    finally:
+        lorafleet_operator.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 from typing import Any
 
@@ -43,9 +45,44 @@ async def on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     await reconcile(body, memo, logger)
 
 
-@kopf.timer(*LORAMODELS, interval=DRIFT_CHECK_SECONDS, initial_delay=DRIFT_CHECK_SECONDS)
-async def drift_check(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    await reconcile(body, memo, logger)
+@kopf.on.startup()
+async def start_drift_check(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Every DRIFT_CHECK_SECONDS, reconcile every LoRAModel again: a RayService edited or
+    deleted behind our back, or a missed watch event, is repaired within one period.
+
+    One loop for all objects rather than ``@kopf.timer``: kopf puts a finalizer on every
+    object that has a timer, and a finalizer would block ``kubectl delete loramodel`` whenever
+    the operator is not running (the RayService is garbage-collected without our help)."""
+    memo.drift_task = asyncio.create_task(_drift_loop(memo, logger))
+
+
+@kopf.on.cleanup()
+async def stop_drift_check(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get("drift_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _drift_loop(memo: kopf.Memo, logger: kopf.Logger) -> None:
+    while True:
+        await asyncio.sleep(DRIFT_CHECK_SECONDS)
+        namespaces = memo.get("namespaces") or [None]
+        for namespace in namespaces:
+            try:
+                items = await memo.kube.list(
+                    constants.API_GROUP,
+                    constants.API_VERSION,
+                    constants.LORAMODEL_PLURAL,
+                    namespace,
+                )
+            except KubeApiError as err:
+                logger.warning("Listing LoRAModels for the drift check failed: %s", err)
+                continue
+            for item in items:
+                with contextlib.suppress(kopf.PermanentError, kopf.TemporaryError):
+                    await reconcile(kopf.Body(item), memo, logger)
 
 
 @kopf.on.delete(*LORAMODELS, optional=True)

@@ -1,0 +1,189 @@
+"""AdapterCatalog handlers: sync on create/resume/spec change, at once when the annotation
+``lorafleet.dev/sync-requested`` changes, and every ``syncInterval`` from one loop.
+
+One loop for all catalogs rather than ``@kopf.timer``: kopf puts a finalizer on every object
+with a timer, which would block ``kubectl delete adaptercatalog`` while the operator is down
+(the index ConfigMaps are garbage-collected without our help). A failed sync is retried by
+the same loop with exponential backoff; kopf's own retries stay out of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import kopf
+
+from lorafleet_operator import constants
+from lorafleet_operator.errors import InvalidSpecError, LorafleetError
+from lorafleet_operator.handlers.loramodel import reconcile as reconcile_loramodel
+from lorafleet_operator.k8s.client import KubeApiError
+from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec, parse_duration
+from lorafleet_operator.reconcile.adaptercatalog import (
+    IndexCache,
+    SyncOutcome,
+    loramodels_using,
+    sync_adaptercatalog,
+)
+
+CATALOGS = (constants.API_GROUP, constants.API_VERSION, constants.ADAPTERCATALOG_PLURAL)
+# How often the loop looks for catalogs that are due; a catalog's own syncInterval decides.
+TICK_SECONDS: Final = float(os.environ.get("LORAFLEET_CATALOG_TICK_SECONDS", "2"))
+# Storage requests in flight per catalog (adapter_config.json reads).
+FETCH_CONCURRENCY: Final = int(os.environ.get("LORAFLEET_CATALOG_FETCH_CONCURRENCY", "32"))
+BACKOFF_FIRST_SECONDS: Final = 5.0
+BACKOFF_MAX_SECONDS: Final = 300.0
+
+
+@dataclass
+class Schedule:
+    next_due: float  # time.monotonic()
+    failures: int = 0
+
+
+def _key(body: kopf.Body | dict[str, Any]) -> tuple[str, str]:
+    return body["metadata"].get("namespace") or "default", body["metadata"]["name"]
+
+
+def _interval(body: kopf.Body | dict[str, Any]) -> float:
+    try:
+        raw = (body.get("spec") or {}).get("syncInterval")
+        return parse_duration(raw or AdapterCatalogSpec.model_fields["sync_interval"].default)
+    except ValueError:
+        return BACKOFF_MAX_SECONDS
+
+
+async def sync(body: kopf.Body | dict[str, Any], memo: kopf.Memo, logger: Any) -> None:
+    """One sync, serialised per catalog; schedules the next one. Never raises for storage
+    faults: they are in the catalog's conditions, and the loop retries with backoff."""
+    key = _key(body)
+    locks: dict[tuple[str, str], asyncio.Lock] = memo.catalog_locks
+    schedules: dict[tuple[str, str], Schedule] = memo.catalog_schedules
+    async with locks.setdefault(key, asyncio.Lock()):
+        schedule = schedules.setdefault(key, Schedule(next_due=0.0))
+        try:
+            outcome = await sync_adaptercatalog(
+                memo.kube,
+                body,
+                memo.catalog_cache,
+                now=datetime.datetime.now(datetime.UTC),
+                concurrency=FETCH_CONCURRENCY,
+            )
+        except (LorafleetError, KubeApiError) as err:
+            schedule.failures += 1
+            delay = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (schedule.failures - 1))
+            if isinstance(err, InvalidSpecError):
+                delay = _interval(body)  # only an edit helps; the update handler syncs then
+            schedule.next_due = time.monotonic() + delay
+            reason = err.reason if isinstance(err, LorafleetError) else "ApiError"
+            message = err.message
+            kopf.warn(dict(body), reason=reason, message=message)
+            logger.warning(
+                "Sync of AdapterCatalog %s/%s failed (%s), retrying in %.0f s: %s",
+                *key,
+                reason,
+                delay,
+                message,
+            )
+            return
+        schedule.failures = 0
+        schedule.next_due = time.monotonic() + _interval(body)
+    _report(body, outcome, logger)
+    if outcome.summary_changed:
+        await _refresh_loramodels(memo, key, logger)
+
+
+def _report(body: kopf.Body | dict[str, Any], outcome: SyncOutcome, logger: Any) -> None:
+    for reason, message in outcome.changes.messages():
+        kopf.info(dict(body), reason=reason, message=message)
+    logger.info(
+        "Synced AdapterCatalog %s: %d adapters (%d valid, %d invalid), %d configs read, "
+        "%d ConfigMaps written in %.2f s",
+        outcome.catalog,
+        outcome.found,
+        outcome.valid,
+        outcome.invalid,
+        outcome.configs_read,
+        outcome.configmaps_written,
+        outcome.duration_seconds,
+    )
+
+
+async def _refresh_loramodels(memo: kopf.Memo, key: tuple[str, str], logger: Any) -> None:
+    """LoRAModels that use the catalog get new adapter counts; their RayService is rewritten
+    only if the rank bucket (max_lora_rank) moved, as the spec hash decides."""
+    namespace, name = key
+    try:
+        models = await loramodels_using(memo.kube, namespace, name)
+    except KubeApiError as err:
+        logger.warning("Listing LoRAModels using AdapterCatalog %s/%s failed: %s", *key, err)
+        return
+    for model in models:
+        with contextlib.suppress(kopf.PermanentError, kopf.TemporaryError):
+            await reconcile_loramodel(kopf.Body(model), memo, logger)
+
+
+@kopf.on.startup()
+async def start_catalog_loop(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    memo.catalog_cache = IndexCache()
+    memo.catalog_locks = {}
+    memo.catalog_schedules = {}
+    memo.catalog_task = asyncio.create_task(_catalog_loop(memo, logger))
+
+
+@kopf.on.cleanup()
+async def stop_catalog_loop(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get("catalog_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _catalog_loop(memo: kopf.Memo, logger: kopf.Logger) -> None:
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        for namespace in memo.get("namespaces") or [None]:
+            try:
+                catalogs = await memo.kube.list(*CATALOGS, namespace)
+            except KubeApiError as err:
+                logger.warning("Listing AdapterCatalogs failed: %s", err)
+                continue
+            now = time.monotonic()
+            due = [
+                catalog
+                for catalog in catalogs
+                if not catalog["metadata"].get("deletionTimestamp")
+                and memo.catalog_schedules.get(_key(catalog), Schedule(next_due=0.0)).next_due
+                <= now
+            ]
+            # Catalogs sync side by side; each bounds its own storage requests.
+            await asyncio.gather(*(sync(catalog, memo, logger) for catalog in due))
+
+
+@kopf.on.resume(*CATALOGS)
+@kopf.on.create(*CATALOGS)
+@kopf.on.update(*CATALOGS, field="spec")
+async def on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    await sync(body, memo, logger)
+
+
+@kopf.on.field(*CATALOGS, field=("metadata", "annotations", constants.ANNOTATION_SYNC_REQUESTED))
+async def on_sync_requested(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, new: Any, **_: Any
+) -> None:
+    if new is not None:
+        await sync(body, memo, logger)
+
+
+@kopf.on.delete(*CATALOGS, optional=True)
+async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # optional=True: no finalizer. The index ConfigMaps go by ownerReference garbage collection.
+    key = _key(body)
+    memo.catalog_cache.forget(*key)
+    memo.catalog_locks.pop(key, None)
+    memo.catalog_schedules.pop(key, None)
