@@ -146,5 +146,125 @@ def operator(
     )
 
 
+@main.group()
+def catalog() -> None:
+    """Inspect adapter catalogs."""
+
+
+@catalog.command("scan")
+@click.argument("uri")
+@click.option("--endpoint", default=None, help="S3-compatible endpoint URL (MinIO, ...).")
+@click.option("--region", default=None, help="S3 region.")
+@click.option("--base-model", default=None, help="Adapters for another base model are invalid.")
+@click.option("--include", multiple=True, help="Glob on adapter names to keep (repeat).")
+@click.option("--exclude", multiple=True, help="Glob on adapter names to leave out (repeat).")
+@click.option("--max-adapter-size", default="4Gi", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+)
+def catalog_scan(
+    uri: str,
+    endpoint: str | None,
+    region: str | None,
+    base_model: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    max_adapter_size: str,
+    output: str,
+) -> None:
+    """List URI (s3://, gs://, file:///) and validate every adapter, as a sync would.
+
+    Credentials come from the standard chains (AWS_* variables, ~/.aws, GOOGLE_APPLICATION_
+    CREDENTIALS, STORAGE_EMULATOR_HOST). Exits 1 when the source cannot be listed."""
+    import asyncio
+    import json
+
+    from lorafleet_operator.errors import LorafleetError
+    from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec
+    from lorafleet_operator.status import rank_histogram
+    from lorafleet_operator.storage import open_storage, scan_catalog
+
+    try:
+        spec = AdapterCatalogSpec.model_validate(
+            {
+                "source": {"uri": uri, "endpoint": endpoint, "region": region},
+                "baseModel": base_model,
+                "include": include,
+                "exclude": exclude,
+                "maxAdapterSize": max_adapter_size,
+            }
+        )
+        storage = open_storage(spec.source)
+    except (LorafleetError, ValueError) as err:
+        raise click.ClickException(str(getattr(err, "message", err))) from None
+
+    async def scan() -> Any:
+        try:
+            return await scan_catalog(storage, spec)
+        finally:
+            storage.close()
+
+    try:
+        result = asyncio.run(scan())
+    except LorafleetError as err:
+        raise click.ClickException(f"{err.reason}: {err.message}") from None
+    records = result.records
+    valid = sum(1 for record in records if record.valid)
+    counts = {
+        "found": len(records),
+        "valid": valid,
+        "invalid": len(records) - valid,
+        "excluded": result.excluded,
+        "strayFiles": result.stray_files,
+    }
+    summary = {
+        "uri": spec.source.location.uri,
+        "counts": counts,
+        "rankHistogram": rank_histogram(records),
+        "adapters": [json.loads(record.to_json()) for record in records],
+    }
+    if output == "json":
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    if output == "yaml":
+        click.echo(yaml.safe_dump(summary, sort_keys=True), nl=False)
+        return
+    rows = [("NAME", "VALID", "RANK", "ALPHA", "SIZE", "REVISION", "REASON")]
+    for record in records:
+        rows.append(
+            (
+                record.name,
+                "yes" if record.valid else "no",
+                str(record.rank or "-"),
+                f"{record.alpha:g}" if record.alpha is not None else "-",
+                _human_size(record.size_bytes),
+                record.revision,
+                "" if record.valid else f"{record.reason}: {record.message}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+    click.echo(
+        f"\n{counts['found']} adapters in {summary['uri']}: {counts['valid']} valid, "
+        f"{counts['invalid']} invalid, {counts['excluded']} excluded, "
+        f"{counts['strayFiles']} stray files ignored"
+    )
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
 if __name__ == "__main__":  # python -m lorafleet_operator.cli
     main()

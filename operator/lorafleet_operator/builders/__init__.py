@@ -3,6 +3,11 @@ environment, no network; the same input always gives the same bytes."""
 
 from __future__ import annotations
 
+from lorafleet_operator.builders.catalog_index import (
+    RenderedIndex,
+    index_selector,
+    render_index_configmaps,
+)
 from lorafleet_operator.builders.manifest import dump_manifest
 from lorafleet_operator.builders.names import endpoint_url, rayservice_name
 from lorafleet_operator.builders.ranks import effective_max_lora_rank
@@ -10,11 +15,14 @@ from lorafleet_operator.builders.rayservice import desired_state_hash, render_ra
 from lorafleet_operator.builders.runtime_args import render_runtime_args
 
 __all__ = [
+    "RenderedIndex",
     "desired_state_hash",
     "dump_manifest",
     "effective_max_lora_rank",
     "endpoint_url",
+    "index_selector",
     "rayservice_name",
+    "render_index_configmaps",
     "render_rayservice",
     "render_runtime_args",
 ]

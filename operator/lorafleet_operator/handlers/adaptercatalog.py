@@ -14,7 +14,7 @@ import datetime
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import kopf
 
@@ -57,7 +57,7 @@ def _interval(body: kopf.Body | dict[str, Any]) -> float:
         return BACKOFF_MAX_SECONDS
 
 
-async def sync(body: kopf.Body | dict[str, Any], memo: kopf.Memo, logger: Any) -> None:
+async def sync(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     """One sync, serialised per catalog; schedules the next one. Never raises for storage
     faults: they are in the catalog's conditions, and the loop retries with backoff."""
     key = _key(body)
@@ -81,7 +81,7 @@ async def sync(body: kopf.Body | dict[str, Any], memo: kopf.Memo, logger: Any) -
             schedule.next_due = time.monotonic() + delay
             reason = err.reason if isinstance(err, LorafleetError) else "ApiError"
             message = err.message
-            kopf.warn(dict(body), reason=reason, message=message)
+            kopf.warn(body, reason=reason, message=message)
             logger.warning(
                 "Sync of AdapterCatalog %s/%s failed (%s), retrying in %.0f s: %s",
                 *key,
@@ -97,9 +97,9 @@ async def sync(body: kopf.Body | dict[str, Any], memo: kopf.Memo, logger: Any) -
         await _refresh_loramodels(memo, key, logger)
 
 
-def _report(body: kopf.Body | dict[str, Any], outcome: SyncOutcome, logger: Any) -> None:
+def _report(body: kopf.Body, outcome: SyncOutcome, logger: Any) -> None:
     for reason, message in outcome.changes.messages():
-        kopf.info(dict(body), reason=reason, message=message)
+        kopf.info(body, reason=reason, message=message)
     logger.info(
         "Synced AdapterCatalog %s: %d adapters (%d valid, %d invalid), %d configs read, "
         "%d ConfigMaps written in %.2f s",
@@ -124,7 +124,7 @@ async def _refresh_loramodels(memo: kopf.Memo, key: tuple[str, str], logger: Any
         return
     for model in models:
         with contextlib.suppress(kopf.PermanentError, kopf.TemporaryError):
-            await reconcile_loramodel(kopf.Body(model), memo, logger)
+            await reconcile_loramodel(kopf.Body(cast(Any, model)), memo, logger)
 
 
 @kopf.on.startup()
@@ -162,7 +162,7 @@ async def _catalog_loop(memo: kopf.Memo, logger: kopf.Logger) -> None:
                 <= now
             ]
             # Catalogs sync side by side; each bounds its own storage requests.
-            await asyncio.gather(*(sync(catalog, memo, logger) for catalog in due))
+            await asyncio.gather(*(sync(kopf.Body(catalog), memo, logger) for catalog in due))
 
 
 @kopf.on.resume(*CATALOGS)

@@ -4,6 +4,9 @@ kinds lorafleet reads and writes. 404 becomes ``None``; other API errors become
 
 from __future__ import annotations
 
+import base64
+import binascii
+import builtins
 import json
 from typing import Any, cast
 
@@ -43,6 +46,7 @@ class KubeClient:
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api_client = api_client
         self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None) -> KubeClient:
@@ -152,6 +156,69 @@ class KubeClient:
     # ------------------------------------------------------------------ per kind
     async def get_rayservice(self, namespace: str, name: str) -> JsonObj | None:
         return await self.get(*_RAY, namespace, name)
+
+    # ------------------------------------------------------------------ ConfigMaps
+    async def list_configmaps(self, namespace: str, label_selector: str) -> builtins.list[JsonObj]:
+        """ConfigMaps as plain dicts (``metadata``, ``data``), like custom objects."""
+        try:
+            result = await self._core.list_namespaced_config_map(
+                namespace, label_selector=label_selector
+            )
+        except ApiException as err:
+            raise _api_error(err) from err
+        items = []
+        for item in result.items:
+            items.append(
+                {
+                    "metadata": self._api_client.sanitize_for_serialization(item.metadata),
+                    "data": dict(item.data or {}),
+                }
+            )
+        return items
+
+    async def apply_configmap(self, obj: JsonObj) -> None:
+        """Server-side apply with lorafleet's field manager (force: we own these objects)."""
+        meta = obj["metadata"]
+        try:
+            await self._core.patch_namespaced_config_map(
+                meta["name"],
+                meta["namespace"],
+                obj,
+                field_manager=constants.FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        except ApiException as err:
+            raise _api_error(err) from err
+
+    async def delete_configmap(self, namespace: str, name: str) -> None:
+        """Delete; already gone is fine."""
+        try:
+            await self._core.delete_namespaced_config_map(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise _api_error(err) from err
+
+    # ------------------------------------------------------------------ Secrets
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data, decoded (UTF-8 text); ``None`` when it does not exist.
+
+        Values are credentials: callers must never log or store them."""
+        try:
+            secret = await self._core.read_namespaced_secret(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _api_error(err) from err
+        decoded: dict[str, str] = {}
+        for key, value in (secret.data or {}).items():
+            try:
+                decoded[key] = base64.b64decode(value).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                continue  # not text: no credential we know is binary
+        for key, value in (secret.string_data or {}).items():
+            decoded.setdefault(key, value)
+        return decoded
 
 
 def _plural(kind: str) -> str:

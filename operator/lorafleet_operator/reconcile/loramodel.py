@@ -87,6 +87,8 @@ async def write_status(
     name: str,
     previous: Mapping[str, Any],
     status: Mapping[str, Any],
+    *,
+    plural: str = constants.LORAMODEL_PLURAL,
 ) -> bool:
     """Merge-patch status only when it changed; keys that went away are deleted."""
     if dict(previous) == dict(status):
@@ -98,7 +100,7 @@ async def write_status(
     await kube.patch_status(
         constants.API_GROUP,
         constants.API_VERSION,
-        constants.LORAMODEL_PLURAL,
+        plural,
         namespace,
         name,
         patch,

@@ -1,8 +1,9 @@
-"""Status computation: conditions and the LoRAModel status from observed objects, with the
-clock passed in. Pure: no I/O, no Kubernetes client."""
+"""Status computation: conditions and the LoRAModel and AdapterCatalog status from observed
+objects, with the clock passed in. Pure: no I/O, no Kubernetes client."""
 
 from __future__ import annotations
 
+from lorafleet_operator.status.adaptercatalog import failed_status, rank_histogram, synced_status
 from lorafleet_operator.status.conditions import find_condition, set_condition
 from lorafleet_operator.status.loramodel import (
     compute_loramodel_status,
@@ -16,7 +17,10 @@ __all__ = [
     "assess_rayservice",
     "compute_loramodel_status",
     "count_adapters",
+    "failed_status",
     "find_condition",
     "invalid_spec_status",
+    "rank_histogram",
     "set_condition",
+    "synced_status",
 ]

@@ -1,0 +1,248 @@
+"""AdapterCatalog: list the source, validate adapters, write the index ConfigMaps and status.
+
+A failed sync changes nothing but the conditions: the last good index (ConfigMaps) and the
+counts in status stay, so LoRAModels and the runtime keep serving what they had."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from lorafleet_operator import constants
+from lorafleet_operator.adapters import IndexChanges, compare_records
+from lorafleet_operator.builders import RenderedIndex, index_selector, render_index_configmaps
+from lorafleet_operator.builders.catalog_index import ANNOTATION_VALIDATION_SETTINGS
+from lorafleet_operator.errors import AccessDeniedError, LorafleetError
+from lorafleet_operator.k8s.client import JsonObj, KubeClient
+from lorafleet_operator.model.adaptercatalog import AdapterCatalog
+from lorafleet_operator.reconcile.loramodel import write_status
+from lorafleet_operator.status import failed_status, synced_status
+from lorafleet_operator.storage import (
+    AdapterStorage,
+    StorageCredentials,
+    open_storage,
+    scan_catalog,
+    validation_settings,
+)
+from lorafleet_runtime.catalog_index import (
+    LABEL_INDEX_PART,
+    MANIFEST_KEY,
+    PART_MANIFEST,
+    SHARD_KEY,
+    AdapterRecord,
+    IndexFormatError,
+    read_index,
+)
+
+
+@dataclass
+class CachedIndex:
+    """The last index this process wrote for one catalog: spares reading it back."""
+
+    uid: str | None
+    settings: str
+    records: dict[str, AdapterRecord]
+
+
+@dataclass
+class IndexCache:
+    entries: dict[tuple[str, str], CachedIndex] = field(default_factory=dict)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.entries.pop((namespace, name), None)
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """What one successful sync did, for Events, logs and LoRAModel refreshes."""
+
+    catalog: str
+    changes: IndexChanges
+    found: int
+    valid: int
+    invalid: int
+    configs_read: int
+    configmaps_written: int
+    duration_seconds: float
+    # The part of status LoRAModels read (rank histogram, adapter sample) changed.
+    summary_changed: bool
+
+
+async def read_credentials(kube: KubeClient, catalog: AdapterCatalog) -> StorageCredentials | None:
+    ref = catalog.spec.source.credentials_secret_ref
+    if ref is None:
+        return None
+    data = await kube.get_secret_data(catalog.namespace, ref.name)
+    if data is None:
+        raise AccessDeniedError(
+            f"Secret {catalog.namespace}/{ref.name} (source.credentialsSecretRef) does not exist"
+        )
+    return StorageCredentials(secret_name=f"{catalog.namespace}/{ref.name}", data=data)
+
+
+async def read_index_configmaps(
+    kube: KubeClient, catalog: AdapterCatalog
+) -> tuple[list[AdapterRecord], str | None]:
+    """The records of the index in the cluster and the settings that produced them; empty
+    when there is none (first sync) or it is unreadable (it is rewritten in full then)."""
+    configmaps = await kube.list_configmaps(catalog.namespace, index_selector(catalog.name))
+    manifest_text: str | None = None
+    settings: str | None = None
+    shards: dict[str, str] = {}
+    for cm in configmaps:
+        meta = cm["metadata"]
+        owners = {ref.get("uid") for ref in meta.get("ownerReferences") or ()}
+        if catalog.uid and catalog.uid not in owners:
+            continue  # left over from an earlier catalog of the same name
+        if (meta.get("labels") or {}).get(LABEL_INDEX_PART) == PART_MANIFEST:
+            manifest_text = cm["data"].get(MANIFEST_KEY)
+            settings = (meta.get("annotations") or {}).get(ANNOTATION_VALIDATION_SETTINGS)
+        else:
+            shards[meta["name"]] = cm["data"].get(SHARD_KEY, "")
+    if manifest_text is None:
+        return [], None
+    try:
+        return read_index(manifest_text, shards), settings
+    except IndexFormatError:
+        return [], None
+
+
+async def write_index(kube: KubeClient, catalog: AdapterCatalog, rendered: RenderedIndex) -> int:
+    """Shards first, the manifest last, then stale shards go: a reader that follows the
+    manifest always finds the shards it names. Unchanged ConfigMaps are not written."""
+    existing = {
+        cm["metadata"]["name"]: cm["metadata"].get("annotations") or {}
+        for cm in await kube.list_configmaps(catalog.namespace, index_selector(catalog.name))
+    }
+    written = 0
+    for cm in [*rendered.shard_configmaps, rendered.manifest_configmap]:
+        meta = cm["metadata"]
+        # The annotations carry the content digest (and, on the manifest, the validation
+        # settings): equal annotations mean equal content.
+        current = existing.get(meta["name"])
+        if current is not None and all(
+            current.get(key) == value for key, value in meta["annotations"].items()
+        ):
+            continue
+        await kube.apply_configmap(cm)
+        written += 1
+    for name in sorted(set(existing) - set(rendered.names)):
+        await kube.delete_configmap(catalog.namespace, name)
+    return written
+
+
+def _summary(status: Mapping[str, Any]) -> tuple[Any, Any]:
+    return status.get("rankHistogram"), status.get("adapters")
+
+
+async def sync_adaptercatalog(
+    kube: KubeClient,
+    body: Mapping[str, Any],
+    cache: IndexCache,
+    *,
+    now: datetime,
+    concurrency: int,
+    storage_factory: Any = open_storage,
+) -> SyncOutcome:
+    """One sync. Raises InvalidSpecError or StorageError after recording the failure in the
+    catalog's conditions (the last good index and counts stay)."""
+    namespace = body["metadata"].get("namespace") or "default"
+    name = body["metadata"]["name"]
+    generation = int(body["metadata"].get("generation") or 0)
+    previous_status = body.get("status") or {}
+    started = time.monotonic()
+    try:
+        catalog = AdapterCatalog.from_object(body)
+        settings = validation_settings(catalog.spec)
+        credentials = await read_credentials(kube, catalog)
+        cached = cache.entries.get((namespace, name))
+        if cached is not None and cached.uid == catalog.uid:
+            old_records = list(cached.records.values())
+            old_settings: str | None = cached.settings
+        else:
+            old_records, old_settings = await read_index_configmaps(kube, catalog)
+        reusable = {r.name: r for r in old_records} if old_settings == settings else {}
+        storage: AdapterStorage = storage_factory(
+            catalog.spec.source, credentials, concurrency=concurrency
+        )
+        try:
+            scan = await scan_catalog(storage, catalog.spec, reusable)
+        finally:
+            storage.close()
+    except LorafleetError as err:
+        status = failed_status(
+            generation=generation,
+            reason=err.reason,
+            message=err.message,
+            previous_status=previous_status,
+            now=now,
+        )
+        await write_status(
+            kube, namespace, name, previous_status, status, plural=constants.ADAPTERCATALOG_PLURAL
+        )
+        raise
+
+    rendered = render_index_configmaps(catalog, scan.records, settings)
+    written = await write_index(kube, catalog, rendered)
+    cache.entries[(namespace, name)] = CachedIndex(
+        uid=catalog.uid, settings=settings, records={r.name: r for r in scan.records}
+    )
+    duration = time.monotonic() - started
+    status = synced_status(
+        generation=generation,
+        uri=catalog.spec.source.location.uri,
+        records=scan.records,
+        stray_files=scan.stray_files,
+        excluded=scan.excluded,
+        manifest=rendered.manifest,
+        manifest_configmap=rendered.manifest_configmap["metadata"]["name"],
+        previous_status=previous_status,
+        now=now,
+        duration_seconds=duration,
+    )
+    # lastSyncTime moves on every sync, so this writes once per sync: one small patch per
+    # syncInterval, and `kubectl get` shows when the source was last listed.
+    await write_status(
+        kube, namespace, name, previous_status, status, plural=constants.ADAPTERCATALOG_PLURAL
+    )
+    valid = sum(1 for r in scan.records if r.valid)
+    return SyncOutcome(
+        catalog=f"{namespace}/{name}",
+        changes=compare_records(old_records, scan.records),
+        found=len(scan.records),
+        valid=valid,
+        invalid=len(scan.records) - valid,
+        configs_read=scan.configs_read,
+        configmaps_written=written,
+        duration_seconds=duration,
+        summary_changed=_summary(status) != _summary(previous_status),
+    )
+
+
+async def loramodels_using(kube: KubeClient, namespace: str, catalog: str) -> list[JsonObj]:
+    """LoRAModels in ``namespace`` that list ``catalog`` in spec.catalogs."""
+    models = await kube.list(
+        constants.API_GROUP, constants.API_VERSION, constants.LORAMODEL_PLURAL, namespace
+    )
+    return [
+        model
+        for model in models
+        if any(
+            isinstance(ref, Mapping) and ref.get("name") == catalog
+            for ref in (model.get("spec") or {}).get("catalogs") or ()
+        )
+    ]
+
+
+__all__ = [
+    "CachedIndex",
+    "IndexCache",
+    "SyncOutcome",
+    "loramodels_using",
+    "read_index_configmaps",
+    "sync_adaptercatalog",
+    "write_index",
+]
