@@ -1,0 +1,102 @@
+"""A tiny Qwen2 model and real PEFT LoRA adapters for it, generated offline in seconds.
+
+Nothing is downloaded: the tokenizer is trained on a few sentences, the weights are random
+with a fixed seed. The shape follows FACTS.md (head_dim 64, which vLLM's CPU attention
+accepts), so the runtime tests can serve the same model. Needs the ``models`` extra."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+TINY_MODEL_ID: Final = "lorafleet/tiny-qwen2"
+_SENTENCES: Final = (
+    "lorafleet serves one base model with many LoRA adapters.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Adapters are small: a rank r update of a few projection matrices.",
+    "Kubernetes operators reconcile what is desired with what is observed.",
+)
+_CHAT_TEMPLATE: Final = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_tiny_model(directory: Path) -> Path:
+    """Save the tiny base model (config, safetensors weights, tokenizer) in ``directory``;
+    reuse it when it is already there."""
+    if (directory / "config.json").exists():
+        return directory
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer_model = Tokenizer(models.BPE())
+    tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer_model.train_from_iterator(list(_SENTENCES), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_model, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_lora_adapter(
+    base_dir: Path,
+    directory: Path,
+    *,
+    seed: int,
+    rank: int = 8,
+    base_model_name: str = TINY_MODEL_ID,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+) -> Path:
+    """Save a real PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) for
+    the tiny model in ``directory``. ``init_lora_weights=False`` gives random B matrices, so
+    each adapter visibly changes the output."""
+    if (directory / "adapter_config.json").exists():
+        return directory
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    base = Qwen2ForCausalLM.from_pretrained(base_dir)
+    peft_model: Any = get_peft_model(
+        base,
+        LoraConfig(
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=list(target_modules),
+            init_lora_weights=False,
+        ),
+    )
+    peft_model.save_pretrained(directory, safe_serialization=True)
+    # The base model was loaded from a temporary path; name it as users would.
+    config_path = directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base_model_name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    return directory
