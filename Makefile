@@ -8,7 +8,6 @@ PY := $(VENV)/bin/python
 # Installed again only when pyproject.toml changes.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export LORAFLEET_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/lorafleet
-KUBECTL := $(LORAFLEET_CACHE)/bin/kubectl
 
 .PHONY: help
 help: ## List the targets
@@ -36,12 +35,8 @@ cluster-down: venv ## Stop the local control plane and delete its data
 	$(PY) -m lorafleet_testbed down
 
 .PHONY: demo
-demo: cluster-up ## Main job on the local default (see README)
-	@kc=$$($(PY) -c 'import json,sys; print(json.load(open(sys.argv[1]))["kubeconfig"])' $(LORAFLEET_CACHE)/cluster/state.json); \
-	echo "+ kubectl get --raw /readyz"; $(KUBECTL) --kubeconfig $$kc get --raw /readyz; echo; \
-	echo "+ kubectl get crds"; $(KUBECTL) --kubeconfig $$kc get crds; \
-	echo "+ kubectl api-resources --api-group=ray.io"; $(KUBECTL) --kubeconfig $$kc api-resources --api-group=ray.io; \
-	echo "The control plane keeps running; stop it with: make cluster-down"
+demo: venv tools ## Main job on the local default: control plane, KubeRay, lorafleet operator, example LoRAModel
+	$(PY) -m lorafleet_testbed demo
 
 .PHONY: lint
 lint: venv ## ruff, mypy --strict and import-linter

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lorafleet_testbed import process
 from lorafleet_testbed.controlplane import ControlPlane
+from lorafleet_testbed.operators import LorafleetOperator
 
 OUT = Path(__file__).parent / "out"
 
@@ -49,27 +49,12 @@ def run(n: int) -> dict[str, Any]:
     with ControlPlane.start() as plane:
         ns = "bench"
         plane.kubectl("create", "namespace", ns)
-        port = process.free_port()
-        operator = process.start(
-            "lorafleet-operator",
-            [
-                sys.executable,
-                "-m",
-                "lorafleet_operator.cli",
-                "operator",
-                f"--liveness=http://127.0.0.1:{port}/healthz",
-            ],
-            plane.data_dir / "logs",
-            env={"KUBECONFIG": str(plane.kubeconfig)},
-        )
+        operator = LorafleetOperator(plane.kubeconfig, plane.data_dir / "logs")
+        operator.start()
+        assert operator.proc is not None
+        pid = operator.proc.pid
         try:
-            process.wait_until(
-                operator,
-                lambda: process.http_ok(f"http://127.0.0.1:{port}/healthz"),
-                timeout=60,
-                what="live",
-            )
-            idle_rss = _peak_rss_mb(operator.pid)
+            idle_rss = _peak_rss_mb(pid)
             docs = [
                 json.dumps(
                     {
@@ -100,8 +85,8 @@ def run(n: int) -> dict[str, Any]:
                     break
                 time.sleep(1)
             done = time.monotonic() - start
-            peak = _peak_rss_mb(operator.pid)
-            cpu = _cpu_seconds(operator.pid)
+            peak = _peak_rss_mb(pid)
+            cpu = _cpu_seconds(pid)
         finally:
             operator.stop()
     return {

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lorafleet_testbed.controlplane import KUBERAY_CRD_DIR, ControlPlane
-from lorafleet_testbed.kuberay import KubeRayOperator
+from lorafleet_testbed.operators import KubeRayOperator
 from lorafleet_testbed.toolchain import REPO_ROOT
 
 from .conftest import OperatorProcess, eventually, get_json

@@ -1,40 +1,47 @@
-"""The real KubeRay operator, run as a local process against the local control plane.
+"""Operators run as local processes against the local control plane: the real KubeRay
+operator (pinned build) and lorafleet's own (``lorafleet operator``).
 
-Without kubelets its pods never start, so RayServices never become Ready; what it does show is
-whether KubeRay accepts an object (no ValidationFailed) and which RayCluster, Pods and Services
-it derives from it."""
+Without kubelets KubeRay's pods never start, so RayServices never become Ready; what it does
+show is whether KubeRay accepts an object (no ValidationFailed) and which RayCluster, Pods and
+Services it derives from it."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from lorafleet_testbed import process
 from lorafleet_testbed.toolchain import tool
 
 
-class KubeRayOperator:
-    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+class _LocalOperator:
+    name = ""
+
+    def __init__(self, kubeconfig: Path, log_dir: Path, *, detach: bool = False) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
-        self.probe_port = process.free_port()
+        self.detach = detach
+        self.port = process.free_port()
         self.proc: process.ManagedProcess | None = None
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.kubeconfig)}
+
+    def _health_url(self) -> str:
+        raise NotImplementedError
 
     def start(self) -> None:
         self.proc = process.start(
-            "kuberay-operator",
-            [
-                str(tool("ray-operator")),
-                f"--kubeconfig={self.kubeconfig}",
-                f"--health-probe-bind-address=127.0.0.1:{self.probe_port}",
-                "--metrics-addr=0",
-                "--enable-leader-election=false",
-                "--log-stdout-encoder=console",
-            ],
-            self.log_dir,
+            self.name, self._argv(), self.log_dir, env=self._env(), detach=self.detach
         )
-        probe = f"http://127.0.0.1:{self.probe_port}/readyz"
         process.wait_until(
-            self.proc, lambda: process.http_ok(probe), timeout=60, what="ready (/readyz)"
+            self.proc,
+            lambda: process.http_ok(self._health_url()),
+            timeout=60,
+            what=f"healthy ({self._health_url()})",
         )
 
     def stop(self) -> None:
@@ -42,5 +49,62 @@ class KubeRayOperator:
             self.proc.stop()
             self.proc = None
 
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
     def log_text(self) -> str:
-        return self.proc.log_path.read_text(errors="replace") if self.proc else ""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class KubeRayOperator(_LocalOperator):
+    name = "kuberay-operator"
+
+    def _argv(self) -> list[str]:
+        return [
+            str(tool("ray-operator")),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--health-probe-bind-address=127.0.0.1:{self.port}",
+            "--metrics-addr=0",
+            "--enable-leader-election=false",
+            "--log-stdout-encoder=console",
+        ]
+
+    def _health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/readyz"
+
+
+class LorafleetOperator(_LocalOperator):
+    """``python -m lorafleet_operator.cli operator`` from this interpreter's environment."""
+
+    name = "lorafleet-operator"
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        *,
+        detach: bool = False,
+        debounce_seconds: float | None = None,
+    ) -> None:
+        super().__init__(kubeconfig, log_dir, detach=detach)
+        self.debounce_seconds = debounce_seconds
+
+    def _argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "lorafleet_operator.cli",
+            "operator",
+            "--log-format=full",
+            f"--liveness=http://127.0.0.1:{self.port}/healthz",
+        ]
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        if self.debounce_seconds is not None:
+            env["LORAFLEET_DEBOUNCE_SECONDS"] = str(self.debounce_seconds)
+        return env
+
+    def _health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
