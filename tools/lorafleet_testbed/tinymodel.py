@@ -41,7 +41,8 @@ def build_tiny_model(directory: Path) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer_model.train_from_iterator(list(_SENTENCES), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    fast_tokenizer: Any = PreTrainedTokenizerFast
+    tokenizer = fast_tokenizer(
         tokenizer_object=tokenizer_model, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
     tokenizer.chat_template = _CHAT_TEMPLATE
