@@ -7,6 +7,7 @@ accepts), so the runtime tests can serve the same model. Needs the ``models`` ex
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Final
 
@@ -85,15 +86,18 @@ def build_lora_adapter(
 
     torch.manual_seed(seed)
     base = Qwen2ForCausalLM.from_pretrained(base_dir)
-    peft_model: Any = get_peft_model(
-        base,
-        LoraConfig(
-            r=rank,
-            lora_alpha=2 * rank,
-            target_modules=list(target_modules),
-            init_lora_weights=False,
-        ),
-    )
+    with warnings.catch_warnings():
+        # peft calls a transformers API that transformers 5 deprecates; nothing to act on.
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model: Any = get_peft_model(
+            base,
+            LoraConfig(
+                r=rank,
+                lora_alpha=2 * rank,
+                target_modules=list(target_modules),
+                init_lora_weights=False,
+            ),
+        )
     peft_model.save_pretrained(directory, safe_serialization=True)
     # The base model was loaded from a temporary path; name it as users would.
     config_path = directory / "adapter_config.json"

@@ -150,7 +150,8 @@ def validate_adapter(
     if isinstance(targets, str):
         known["target_modules"] = (targets,)
     elif isinstance(targets, list):
-        known["target_modules"] = tuple(str(t) for t in targets)
+        # PEFT writes a set as a list in any order; sorted keeps the index byte-stable.
+        known["target_modules"] = tuple(sorted(str(t) for t in targets))
     if _positive_number(alpha):
         known["alpha"] = float(cast(float, alpha))
 
