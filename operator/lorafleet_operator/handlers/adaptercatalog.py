@@ -132,6 +132,7 @@ async def start_catalog_loop(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> 
     memo.catalog_cache = IndexCache()
     memo.catalog_locks = {}
     memo.catalog_schedules = {}
+    memo.catalog_sync_requests = {}
     memo.catalog_task = asyncio.create_task(_catalog_loop(memo, logger))
 
 
@@ -172,12 +173,29 @@ async def on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     await sync(body, memo, logger)
 
 
-@kopf.on.field(*CATALOGS, field=("metadata", "annotations", constants.ANNOTATION_SYNC_REQUESTED))
-async def on_sync_requested(
-    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, new: Any, **_: Any
+@kopf.on.event(*CATALOGS)
+async def on_event(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, type: str | None, **_: Any
 ) -> None:
-    if new is not None:
+    """Sync at once when ``lorafleet.dev/sync-requested`` changes.
+
+    Not ``@kopf.on.field``: kopf leaves every annotation under its own storage prefix (ours,
+    lorafleet.dev) out of its diffs, so a field handler never sees this one change. The value
+    seen first (at creation or start-up) is only recorded: create/resume sync anyway."""
+    if type == "DELETED" or "catalog_sync_requests" not in memo:
+        return
+    key = _key(body)
+    value = (body["metadata"].get("annotations") or {}).get(constants.ANNOTATION_SYNC_REQUESTED)
+    seen: dict[tuple[str, str], str | None] = memo.catalog_sync_requests
+    if key not in seen:
+        seen[key] = value
+        return
+    if value is not None and value != seen[key]:
+        seen[key] = value
+        logger.info("Sync of AdapterCatalog %s/%s requested (%s)", *key, value)
         await sync(body, memo, logger)
+    else:
+        seen[key] = value
 
 
 @kopf.on.delete(*CATALOGS, optional=True)
@@ -187,3 +205,4 @@ async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.catalog_cache.forget(*key)
     memo.catalog_locks.pop(key, None)
     memo.catalog_schedules.pop(key, None)
+    memo.catalog_sync_requests.pop(key, None)
