@@ -140,6 +140,19 @@ class RuntimeArgs(_Frozen):
     )
     accelerator_type: str | None = None
     router: RouterArgs = RouterArgs()
+    # Runtime knobs the operator does not set (unset ones are left out of serveConfigV2, so
+    # adding them changed no rendered RayService). None means the runtime's default.
+    catalog_index_dir: str | None = Field(
+        default=None,
+        description=(
+            "Read the catalogs' index from this directory (one folder per index ConfigMap, "
+            "as a ConfigMap volume lays it out) instead of the Kubernetes API; "
+            "`lorafleet serve` uses it."
+        ),
+    )
+    adapter_cache_bytes: int | None = Field(default=None, ge=1)
+    adapter_download_timeout_s: float | None = Field(default=None, gt=0)
+    failure_memory_s: float | None = Field(default=None, ge=0)
 
     def to_serve_args(self) -> dict[str, Any]:
         """The JSON-compatible dict that goes under ``args`` in ``serveConfigV2``.

@@ -70,7 +70,7 @@ async def sync(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
                 memo.kube,
                 body,
                 memo.catalog_cache,
-                now=datetime.datetime.now(datetime.UTC),
+                now=_now(),
                 concurrency=FETCH_CONCURRENCY,
             )
         except (LorafleetError, KubeApiError) as err:
@@ -81,7 +81,9 @@ async def sync(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
             schedule.next_due = time.monotonic() + delay
             reason = err.reason if isinstance(err, LorafleetError) else "ApiError"
             message = err.message
-            kopf.warn(body, reason=reason, message=message)
+            await memo.kube.post_event(
+                dict(body), event_type="Warning", reason=reason, message=message, now=_now()
+            )
             logger.warning(
                 "Sync of AdapterCatalog %s/%s failed (%s), retrying in %.0f s: %s",
                 *key,
@@ -92,14 +94,21 @@ async def sync(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
             return
         schedule.failures = 0
         schedule.next_due = time.monotonic() + _interval(body)
-    _report(body, outcome, logger)
+    await _report(body, memo, outcome, logger)
     if outcome.summary_changed:
         await _refresh_loramodels(memo, key, logger)
 
 
-def _report(body: kopf.Body, outcome: SyncOutcome, logger: Any) -> None:
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def _report(body: kopf.Body, memo: kopf.Memo, outcome: SyncOutcome, logger: Any) -> None:
+    # Our own Events, not kopf.info: syncs also run in the catalog loop, outside any handler.
     for reason, message in outcome.changes.messages():
-        kopf.info(body, reason=reason, message=message)
+        await memo.kube.post_event(
+            dict(body), event_type="Normal", reason=reason, message=message, now=_now()
+        )
     logger.info(
         "Synced AdapterCatalog %s: %d adapters (%d valid, %d invalid), %d configs read, "
         "%d ConfigMaps written in %.2f s",
@@ -123,8 +132,14 @@ async def _refresh_loramodels(memo: kopf.Memo, key: tuple[str, str], logger: Any
         logger.warning("Listing LoRAModels using AdapterCatalog %s/%s failed: %s", *key, err)
         return
     for model in models:
-        with contextlib.suppress(kopf.PermanentError, kopf.TemporaryError):
+        try:
             await reconcile_loramodel(kopf.Body(cast(Any, model)), memo, logger)
+        except (kopf.PermanentError, kopf.TemporaryError):
+            pass  # recorded in the LoRAModel's status; its own handlers retry
+        except LookupError:
+            # kopf.info outside a handler (this may run in the catalog loop): the status
+            # was written before the event, and the drift check posts on its next pass.
+            logger.debug("Skipped an event for LoRAModel %s", model["metadata"]["name"])
 
 
 @kopf.on.startup()
@@ -163,7 +178,22 @@ async def _catalog_loop(memo: kopf.Memo, logger: kopf.Logger) -> None:
                 <= now
             ]
             # Catalogs sync side by side; each bounds its own storage requests.
-            await asyncio.gather(*(sync(kopf.Body(catalog), memo, logger) for catalog in due))
+            results = await asyncio.gather(
+                *(sync(kopf.Body(catalog), memo, logger) for catalog in due),
+                return_exceptions=True,
+            )
+            for catalog, result in zip(due, results, strict=True):
+                if isinstance(result, Exception):
+                    # A bug in one sync must not stop the loop for every catalog.
+                    logger.error(
+                        "Sync of AdapterCatalog %s/%s crashed: %r",
+                        catalog["metadata"].get("namespace"),
+                        catalog["metadata"]["name"],
+                        result,
+                    )
+                    memo.catalog_schedules[_key(catalog)] = Schedule(
+                        next_due=time.monotonic() + BACKOFF_MAX_SECONDS
+                    )
 
 
 @kopf.on.resume(*CATALOGS)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import contextlib
+import datetime
 import json
 from typing import Any, cast
 
@@ -198,6 +200,46 @@ class KubeClient:
         except ApiException as err:
             if err.status != 404:
                 raise _api_error(err) from err
+
+    # ------------------------------------------------------------------ Events
+    async def post_event(
+        self,
+        involved: JsonObj,
+        *,
+        event_type: str,
+        reason: str,
+        message: str,
+        now: datetime.datetime,
+    ) -> None:
+        """A core/v1 Event about ``involved``. Failures are swallowed: an Event is a courtesy
+        and must never fail the work it describes.
+
+        Used where kopf's own posting cannot be (tasks outside a kopf handler have no event
+        queue: kopf raises LookupError there)."""
+        meta = involved["metadata"]
+        stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message if len(message) <= 1024 else message[:1021] + "...",
+            "source": {"component": constants.FIELD_MANAGER},
+            "reportingComponent": constants.FIELD_MANAGER,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        with contextlib.suppress(ApiException):
+            await self._core.create_namespaced_event(meta["namespace"], event)
 
     # ------------------------------------------------------------------ Secrets
     async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:

@@ -1,0 +1,281 @@
+"""Which adapters exist: the merged index of every catalog the model reads, refreshed in the
+background from the catalog index the operator writes (see catalog_index.py).
+
+Two sources of the same format: the index ConfigMaps through the Kubernetes API (in a cluster,
+or via KUBECONFIG locally), and a directory holding each ConfigMap as a folder of its keys (what
+a mounted ConfigMap volume looks like; `lorafleet serve` writes one). A refresh reads one
+manifest per catalog and re-reads shards only when the manifest's digest changed, so polling
+every few seconds costs one small GET per catalog. A catalog whose index is missing or
+mid-write keeps its last good records."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from lorafleet_runtime.catalog_index import (
+    MANIFEST_KEY,
+    SHARD_KEY,
+    AdapterRecord,
+    IndexFormatError,
+    manifest_name,
+    parse_manifest,
+    read_index,
+)
+from lorafleet_runtime.contract import CatalogRef
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REFRESH_SECONDS: Final = 2.0
+
+
+@dataclass(frozen=True)
+class CatalogStorage:
+    """Where a catalog's adapters are and how to reach that storage (no credentials here:
+    those come from the standard chains of the process, e.g. env, IRSA, Workload Identity)."""
+
+    uri: str
+    endpoint: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class CatalogIndex:
+    catalog: str
+    digest: str
+    storage: CatalogStorage
+    records: Mapping[str, AdapterRecord]
+
+
+class IndexSource(abc.ABC):
+    """Reads one catalog's index; returns None when there is none (yet)."""
+
+    @abc.abstractmethod
+    async def manifest_text(self, catalog: CatalogRef) -> str | None: ...
+
+    @abc.abstractmethod
+    async def shard_texts(self, catalog: CatalogRef, names: Sequence[str]) -> dict[str, str]: ...
+
+    async def storage_options(self, catalog: CatalogRef) -> tuple[str | None, str | None]:
+        """(endpoint, region) of the catalog's storage when the source knows them."""
+        return None, None
+
+    async def close(self) -> None:
+        return None
+
+
+class DirectoryIndexSource(IndexSource):
+    """``<root>/<ConfigMap name>/<key>``, as a ConfigMap volume mount lays it out."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def manifest_text(self, catalog: CatalogRef) -> str | None:
+        path = self.root / manifest_name(catalog.name) / MANIFEST_KEY
+        return await asyncio.to_thread(_read_or_none, path)
+
+    async def shard_texts(self, catalog: CatalogRef, names: Sequence[str]) -> dict[str, str]:
+        texts: dict[str, str] = {}
+        for name in names:
+            text = await asyncio.to_thread(_read_or_none, self.root / name / SHARD_KEY)
+            if text is not None:
+                texts[name] = text
+        return texts
+
+
+def _read_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+class KubernetesIndexSource(IndexSource):
+    """The index ConfigMaps (and the AdapterCatalog's storage endpoint) through the API.
+
+    Needs only ``get`` on configmaps and adaptercatalogs in the catalogs' namespace."""
+
+    def __init__(self) -> None:
+        self._api: Any = None
+        self._custom: Any = None
+        self._client: Any = None
+
+    async def _connect(self) -> None:
+        if self._api is not None:
+            return
+        from kubernetes_asyncio import client, config
+        from kubernetes_asyncio.config.config_exception import ConfigException
+
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except ConfigException:
+            await config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
+        self._client = client.ApiClient(configuration)
+        self._api = client.CoreV1Api(self._client)
+        self._custom = client.CustomObjectsApi(self._client)
+
+    async def _config_map(self, namespace: str, name: str, key: str) -> str | None:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        await self._connect()
+        try:
+            config_map = await self._api.read_namespaced_config_map(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        data = config_map.data or {}
+        value = data.get(key)
+        return value if isinstance(value, str) else None
+
+    async def manifest_text(self, catalog: CatalogRef) -> str | None:
+        return await self._config_map(catalog.namespace, manifest_name(catalog.name), MANIFEST_KEY)
+
+    async def shard_texts(self, catalog: CatalogRef, names: Sequence[str]) -> dict[str, str]:
+        texts = await asyncio.gather(
+            *(self._config_map(catalog.namespace, name, SHARD_KEY) for name in names)
+        )
+        return {name: text for name, text in zip(names, texts, strict=True) if text is not None}
+
+    async def storage_options(self, catalog: CatalogRef) -> tuple[str | None, str | None]:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        await self._connect()
+        try:
+            obj = await self._custom.get_namespaced_custom_object(
+                "lorafleet.dev", "v1alpha1", catalog.namespace, "adaptercatalogs", catalog.name
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None, None
+            raise
+        source = (obj.get("spec") or {}).get("source") or {}
+        return source.get("endpoint"), source.get("region")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+@dataclass
+class AdapterDirectory:
+    """The adapters of several catalogs by name. The first catalog (in the order given, which
+    the operator sorts by name) that has a name wins; later ones with the same name are
+    shadowed."""
+
+    catalogs: Sequence[CatalogRef]
+    source: IndexSource
+    refresh_seconds: float = DEFAULT_REFRESH_SECONDS
+    _indexes: dict[str, CatalogIndex] = field(default_factory=dict)
+    _merged: dict[str, tuple[AdapterRecord, CatalogStorage]] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+    _first_refresh: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def lookup(self, name: str) -> tuple[AdapterRecord, CatalogStorage] | None:
+        return self._merged.get(name)
+
+    def records(self) -> list[AdapterRecord]:
+        return [record for record, _ in self._merged.values()]
+
+    @property
+    def generation(self) -> str:
+        """Changes whenever any catalog's index changed."""
+        return "/".join(index.digest for index in self._indexes.values())
+
+    async def refresh(self) -> bool:
+        """Read every catalog's index; True when anything changed."""
+        changed = False
+        for catalog in self.catalogs:
+            try:
+                changed |= await self._refresh_catalog(catalog)
+            except IndexFormatError as err:
+                log.info("Kept the last index of catalog %s: %s", catalog.name, err)
+            except Exception as err:  # the API or the mount may fail; keep serving
+                log.warning("Could not read the index of catalog %s: %s", catalog.name, err)
+        if changed:
+            merged: dict[str, tuple[AdapterRecord, CatalogStorage]] = {}
+            for catalog in self.catalogs:
+                index = self._indexes.get(catalog.name)
+                if index is None:
+                    continue
+                for name, record in index.records.items():
+                    merged.setdefault(name, (record, index.storage))
+            self._merged = merged
+        self._first_refresh.set()
+        return changed
+
+    async def _refresh_catalog(self, catalog: CatalogRef) -> bool:
+        text = await self.source.manifest_text(catalog)
+        if text is None:
+            return self._indexes.pop(catalog.name, None) is not None
+        manifest = parse_manifest(text)
+        current = self._indexes.get(catalog.name)
+        if current is not None and current.digest == manifest.digest:
+            return False
+        shards = await self.source.shard_texts(catalog, [ref.name for ref in manifest.shards])
+        records = read_index(text, shards)
+        endpoint, region = await self.source.storage_options(catalog)
+        self._indexes[catalog.name] = CatalogIndex(
+            catalog=catalog.name,
+            digest=manifest.digest,
+            storage=CatalogStorage(uri=manifest.uri, endpoint=endpoint, region=region),
+            records={record.name: record for record in records},
+        )
+        log.info(
+            "Read the index of catalog %s: %d adapters (%d valid)",
+            catalog.name,
+            manifest.adapters,
+            manifest.valid,
+        )
+        return True
+
+    def start(self) -> None:
+        """Refresh now and then every ``refresh_seconds`` on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def wait_ready(self, timeout: float) -> None:
+        await asyncio.wait_for(self._first_refresh.wait(), timeout)
+
+    async def _poll(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.refresh_seconds)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.source.close()
+
+
+def open_index_source(index_dir: str | None) -> IndexSource:
+    return DirectoryIndexSource(Path(index_dir)) if index_dir else KubernetesIndexSource()
+
+
+def write_index_directory(
+    root: Path, catalog: str, namespace: str, uri: str, records: Sequence[AdapterRecord]
+) -> None:
+    """Lay out ``records`` as DirectoryIndexSource reads them: shards first, the manifest
+    last, each file replaced atomically, so a reader never sees a half-written index."""
+    from lorafleet_runtime.catalog_index import build_index
+
+    manifest, shards = build_index(catalog, namespace, uri, records)
+    for name, text in shards.items():
+        _write_atomically(root / name / SHARD_KEY, text)
+    _write_atomically(root / manifest_name(catalog) / MANIFEST_KEY, manifest.to_json())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)

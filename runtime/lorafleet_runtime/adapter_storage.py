@@ -1,0 +1,175 @@
+"""Read adapter files from S3, GCS or a local folder, in chunks, with a deadline.
+
+Chunked reads are what makes the transfer timeout real: the copy checks the deadline between
+chunks and stops, instead of only bounding a lock wait (Ray Serve LLM 2.60's
+``download_timeout_s``). Errors are classified (StorageUnreachable, AccessDenied, NotFound,
+Timeout) with messages that carry no credentials: the SDK exception text is not passed on."""
+
+from __future__ import annotations
+
+import abc
+import shutil
+import time
+from pathlib import Path
+from typing import IO, Any, Final
+from urllib.parse import urlparse
+
+CHUNK_BYTES: Final = 1 << 20
+
+
+class AdapterStorageError(Exception):
+    """Fetching an adapter failed for a reason the client cannot fix (HTTP 503)."""
+
+    status_code: Final = 503
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class AdapterFileSource(abc.ABC):
+    """One storage (a scheme with its endpoint): reads files of adapter folders in it. One
+    instance per catalog storage, so SDK clients are made once, not per download."""
+
+    @abc.abstractmethod
+    def _open(self, uri: str) -> IO[bytes]:
+        """A readable stream of the object at ``uri``; SDK errors propagate."""
+
+    @abc.abstractmethod
+    def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None: ...
+
+    def copy_file(self, folder_uri: str, name: str, dest: Path, deadline: float) -> int:
+        """Copy file ``name`` of the adapter folder ``folder_uri`` to ``dest``; the bytes
+        written. Blocking (run it in a thread)."""
+        uri = (folder_uri if folder_uri.endswith("/") else folder_uri + "/") + name
+        written = 0
+        try:
+            with self._open(uri) as stream, dest.open("wb") as out:
+                while True:
+                    if time.monotonic() > deadline:
+                        raise AdapterStorageError(
+                            "Timeout", f"download of {uri} did not finish in time"
+                        )
+                    chunk = stream.read(CHUNK_BYTES)
+                    if not chunk:
+                        return written
+                    out.write(chunk)
+                    written += len(chunk)
+        except AdapterStorageError:
+            raise
+        except Exception as err:
+            classified = self._classify(err, uri)
+            if classified is None:
+                raise
+            raise classified from None
+
+
+class LocalFileSource(AdapterFileSource):
+    def _open(self, uri: str) -> IO[bytes]:
+        return Path(urlparse(uri).path).open("rb")
+
+    def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None:
+        if isinstance(err, FileNotFoundError):
+            return AdapterStorageError("NotFound", f"{uri}: a file of the adapter is gone")
+        if isinstance(err, PermissionError):
+            return AdapterStorageError("AccessDenied", f"{uri}: permission denied")
+        if isinstance(err, OSError):
+            return AdapterStorageError("StorageUnreachable", f"{uri}: {err.strerror}")
+        return None
+
+
+class S3FileSource(AdapterFileSource):
+    def __init__(self, endpoint: str | None, region: str | None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self._client: Any = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint or None,
+            region_name=region or None,
+            config=Config(
+                connect_timeout=5, read_timeout=15, retries={"max_attempts": 2, "mode": "standard"}
+            ),
+        )
+
+    def _open(self, uri: str) -> IO[bytes]:
+        parsed = urlparse(uri)
+        key = parsed.path.lstrip("/")
+        body: Any = self._client.get_object(Bucket=parsed.netloc, Key=key)["Body"]
+        return body  # type: ignore[no-any-return]
+
+    def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+        )
+
+        if isinstance(err, ClientError):
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if code in {"NoSuchKey", "NoSuchBucket", "404"}:
+                return AdapterStorageError("NotFound", f"{uri}: a file of the adapter is gone")
+            if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}:
+                return AdapterStorageError("AccessDenied", f"{uri}: access denied ({code})")
+            return AdapterStorageError("StorageUnreachable", f"{uri}: S3 error {code}")
+        if isinstance(err, NoCredentialsError):
+            return AdapterStorageError("AccessDenied", f"{uri}: no S3 credentials")
+        if isinstance(err, EndpointConnectionError | BotoCoreError | OSError):
+            return AdapterStorageError("StorageUnreachable", f"{uri}: S3 endpoint unreachable")
+        return None
+
+
+class GcsFileSource(AdapterFileSource):
+    def __init__(self, endpoint: str | None) -> None:
+        from google.cloud import storage as gcs
+
+        kwargs: dict[str, Any] = {}
+        if endpoint:
+            from google.api_core.client_options import ClientOptions
+            from google.auth.credentials import AnonymousCredentials
+
+            kwargs = {
+                "client_options": ClientOptions(api_endpoint=endpoint),
+                "credentials": AnonymousCredentials(),
+                "project": "lorafleet",
+            }
+        self._client: Any = gcs.Client(**kwargs)
+
+    def _open(self, uri: str) -> IO[bytes]:
+        parsed = urlparse(uri)
+        blob = self._client.bucket(parsed.netloc).blob(parsed.path.lstrip("/"))
+        stream: Any = blob.open("rb", chunk_size=CHUNK_BYTES, timeout=15)
+        return stream  # type: ignore[no-any-return]
+
+    def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None:
+        from google.api_core import exceptions as api_exceptions
+        from google.auth import exceptions as auth_exceptions
+
+        if isinstance(err, api_exceptions.NotFound):
+            return AdapterStorageError("NotFound", f"{uri}: a file of the adapter is gone")
+        if isinstance(err, api_exceptions.Forbidden | api_exceptions.Unauthorized):
+            return AdapterStorageError("AccessDenied", f"{uri}: access denied")
+        if isinstance(err, auth_exceptions.GoogleAuthError):
+            return AdapterStorageError("AccessDenied", f"{uri}: no GCS credentials")
+        if isinstance(err, api_exceptions.GoogleAPIError | OSError):
+            return AdapterStorageError("StorageUnreachable", f"{uri}: GCS unreachable")
+        return None
+
+
+def open_file_source(
+    uri: str, endpoint: str | None = None, region: str | None = None
+) -> AdapterFileSource:
+    scheme = urlparse(uri).scheme
+    if scheme == "s3":
+        return S3FileSource(endpoint, region)
+    if scheme == "gs":
+        return GcsFileSource(endpoint)
+    if scheme == "file":
+        return LocalFileSource()
+    raise AdapterStorageError("Unsupported", f"{uri}: unsupported storage scheme {scheme!r}")
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

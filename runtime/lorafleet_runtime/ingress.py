@@ -1,0 +1,184 @@
+"""The HTTP ingress: Ray Serve LLM's OpenAiIngress, with answers about adapters given here,
+before any LLM replica is involved.
+
+- ``<modelId>:<adapter>`` is checked against the catalogs' index: unknown → 404, known but
+  invalid or incompatible with this engine → 422 with the reason, recently failed to fetch →
+  503 with the cause (remembered for ``failure_memory_s``).
+- ``/v1/models`` lists the base model and every servable adapter (with parent, rank and
+  revision) from the index: no bucket listing, no cap at 1,000.
+- Per-name state is bounded: handles are created only for names that passed the index check
+  and kept in an LRU; failures and metric labels are bounded too."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator
+from typing import Any, Final
+
+from fastapi import status
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ModelCard,
+    OpenAIHTTPException,
+)
+from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
+from starlette.responses import JSONResponse
+
+from lorafleet_runtime.adapter_directory import AdapterDirectory, open_index_source
+from lorafleet_runtime.admission import judge_adapter
+from lorafleet_runtime.contract import RuntimeArgs
+from lorafleet_runtime.errors import find_adapter_error
+from lorafleet_runtime.failures import DEFAULT_TTL_SECONDS, FailureMemory
+from lorafleet_runtime.metrics import RuntimeMetrics
+from lorafleet_runtime.model_ids import adapter_model_id, plausible_adapter_name, split_model
+
+MAX_HANDLES: Final = 1024
+INDEX_WAIT_SECONDS: Final = 30.0
+
+
+class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
+    async def __init__(
+        self,
+        llm_deployments: dict[str, Any],
+        model_cards: dict[str, ModelCard],
+        *,
+        lorafleet_args: dict[str, Any],
+        lora_paths: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        self._args = RuntimeArgs.from_serve_args(lorafleet_args)
+        self._directory = AdapterDirectory(
+            catalogs=self._args.catalogs, source=open_index_source(self._args.catalog_index_dir)
+        )
+        ttl = self._args.failure_memory_s
+        self._failures = FailureMemory(ttl_seconds=DEFAULT_TTL_SECONDS if ttl is None else ttl)
+        self._handles: OrderedDict[str, Any] = OrderedDict()
+        self._metrics = RuntimeMetrics()
+        self._directory.start()
+
+    # ----------------------------------------------------------------- admission
+    async def _get_model_id(self, model: str | None) -> str:
+        model_id: str = await super()._get_model_id(model)
+        ours, adapter = split_model(model_id, self._args.model_id)
+        if not ours or adapter is None:
+            return model_id
+        if not plausible_adapter_name(adapter):
+            raise OpenAIHTTPException(
+                status_code=status.HTTP_404_NOT_FOUND,
+                message=f"The model {model_id!r} does not exist: not a valid adapter name.",
+                type="NotFoundError",
+            )
+        await self._directory.wait_ready(INDEX_WAIT_SECONDS)
+        found = self._directory.lookup(adapter)
+        verdict = judge_adapter(
+            adapter,
+            found[0] if found else None,
+            max_lora_rank=self._args.engine.max_lora_rank,
+        )
+        if verdict.http_status is not None:
+            raise OpenAIHTTPException(
+                status_code=verdict.http_status,
+                message=f"The model {model_id!r} cannot be served: {verdict.message}.",
+                type="NotFoundError" if verdict.http_status == 404 else verdict.reason or "",
+            )
+        remembered = self._failures.recall(adapter, time.monotonic())
+        if remembered is not None:
+            raise OpenAIHTTPException(
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                message=remembered.message,
+                type=remembered.reason,
+            )
+        return model_id
+
+    def _get_configured_serve_handle(self, model_id: str) -> Any:
+        handle = self._handles.get(model_id)
+        if handle is not None:
+            self._handles.move_to_end(model_id)
+            return handle
+        base = self._default_serve_handles[self._args.model_id]
+        if model_id == self._args.model_id:
+            handle = base.options(stream=True)
+        else:
+            handle = base.options(stream=True, multiplexed_model_id=model_id)
+        self._handles[model_id] = handle
+        while len(self._handles) > MAX_HANDLES:
+            self._handles.popitem(last=False)
+        return handle
+
+    async def _get_response(
+        self, *, body: Any, call_method: str, **kwargs: Any
+    ) -> AsyncGenerator[Any, None]:
+        model = getattr(body, "model", None) or self._args.model_id
+        adapter = split_model(model, self._args.model_id)[1]
+        tags = self._metrics.tags(adapter)
+        self._metrics.requests.inc(tags=tags)
+        try:
+            async for response in super()._get_response(
+                body=body, call_method=call_method, **kwargs
+            ):
+                yield response
+        except OpenAIHTTPException as err:
+            self._metrics.request_errors.inc(tags={**tags, "status": str(err.status_code)})
+            raise
+        except Exception as err:
+            found = find_adapter_error(err)
+            if found is None:
+                raise
+            self._metrics.request_errors.inc(tags={**tags, "status": str(found.status_code)})
+            if found.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and adapter:
+                self._failures.remember(adapter, found.reason, found.message, time.monotonic())
+            raise OpenAIHTTPException(
+                status_code=found.status_code, message=found.message, type=found.reason
+            ) from None
+
+    # ----------------------------------------------------------------- /v1/models
+    def _adapter_cards(self) -> list[dict[str, Any]]:
+        base = self._model_cards[self._args.model_id]
+        cards = []
+        for record in self._directory.records():
+            verdict = judge_adapter(
+                record.name, record, max_lora_rank=self._args.engine.max_lora_rank
+            )
+            if verdict.http_status is not None:
+                continue
+            cards.append(
+                {
+                    "id": adapter_model_id(self._args.model_id, record.name),
+                    "object": "model",
+                    "owned_by": base.owned_by,
+                    "permission": list(base.permission),
+                    "parent": self._args.model_id,
+                    "root": self._args.model_id,
+                    "rank": record.rank,
+                    "revision": record.revision,
+                    "metadata": {
+                        "parent": self._args.model_id,
+                        "rank": record.rank,
+                        "revision": record.revision,
+                        "uri": record.uri,
+                    },
+                }
+            )
+        return cards
+
+    async def models(self) -> JSONResponse:  # type: ignore[override]
+        await self._directory.wait_ready(INDEX_WAIT_SECONDS)
+        base = self._model_cards[self._args.model_id].model_dump(mode="json")
+        return JSONResponse({"object": "list", "data": [base, *self._adapter_cards()]})
+
+    async def model(self, model_id: str) -> ModelCard | None:
+        if model_id in self._model_cards:
+            card: ModelCard = self._model_cards[model_id]
+            return card
+        ours, adapter = split_model(model_id, self._args.model_id)
+        if not ours or adapter is None:
+            return None
+        for card_data in self._adapter_cards():
+            if card_data["id"] == model_id:
+                return ModelCard.model_validate(
+                    {
+                        k: card_data[k]
+                        for k in ("id", "object", "owned_by", "permission", "metadata")
+                    }
+                )
+        return None

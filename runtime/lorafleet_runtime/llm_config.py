@@ -1,0 +1,73 @@
+"""RuntimeArgs → the dicts Ray Serve LLM's builders take. Pure (no ray import), so the
+mapping is unit-tested; app.py hands the result to Ray."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from lorafleet_runtime.contract import RuntimeArgs
+
+SERVER_CLS: Final = "lorafleet_runtime.server:LoraFleetServer"
+INGRESS_CLS: Final = "lorafleet_runtime.ingress:LoraFleetIngress"
+# Where the replica finds its RuntimeArgs: LLMConfig.experimental_configs is Ray Serve LLM's
+# free-form dict that reaches the server class unchanged.
+EXPERIMENTAL_KEY: Final = "lorafleet_args"
+
+
+def engine_kwargs(args: RuntimeArgs) -> dict[str, Any]:
+    """vLLM engine arguments: the passthrough first, then the typed fields (the contract
+    refuses passthrough keys that would override them)."""
+    engine = args.engine
+    kwargs: dict[str, Any] = dict(engine.extra_engine_kwargs)
+    kwargs.update(
+        enable_lora=True,
+        max_loras=engine.max_loras,
+        max_lora_rank=engine.max_lora_rank,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        dtype=engine.dtype,
+    )
+    # vLLM keeps at least max_loras adapters in host memory; without a value it uses that.
+    if engine.max_cpu_loras is not None:
+        kwargs["max_cpu_loras"] = engine.max_cpu_loras
+    if engine.max_model_len is not None:
+        kwargs["max_model_len"] = engine.max_model_len
+    if engine.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    return kwargs
+
+
+def llm_config_dict(args: RuntimeArgs) -> dict[str, Any]:
+    """The ``LLMConfig`` of the one base model."""
+    autoscaling: dict[str, Any] = {
+        "min_replicas": args.autoscaling_config.min_replicas,
+        "max_replicas": args.autoscaling_config.max_replicas,
+    }
+    if args.autoscaling_config.target_ongoing_requests is not None:
+        autoscaling["target_ongoing_requests"] = args.autoscaling_config.target_ongoing_requests
+    config: dict[str, Any] = {
+        "model_loading_config": {"model_id": args.model_id, "model_source": args.model_source},
+        "engine_kwargs": engine_kwargs(args),
+        # No dynamic_lora_loading_path: adapters come from the catalogs, through our server.
+        # The ONE value: Serve's per-replica adapter LRU is vLLM's max_loras.
+        "lora_config": {"max_num_adapters_per_replica": args.engine.max_loras},
+        "deployment_config": {"autoscaling_config": autoscaling},
+        "server_cls": SERVER_CLS,
+        "experimental_configs": {EXPERIMENTAL_KEY: args.to_serve_args()},
+    }
+    if args.accelerator_type:
+        config["accelerator_type"] = args.accelerator_type
+    if not args.use_gpu:
+        # vLLM's CPU build: one CPU bundle instead of tensor_parallel_size GPUs.
+        config["placement_group_config"] = {"bundles": [{"CPU": 1}]}
+    return config
+
+
+def serving_args(args: RuntimeArgs) -> dict[str, Any]:
+    """The ``LLMServingArgs`` for ``build_openai_app``: our LLMConfig and our ingress class."""
+    return {
+        "llm_configs": [llm_config_dict(args)],
+        "ingress_cls_config": {
+            "ingress_cls": INGRESS_CLS,
+            "ingress_extra_kwargs": {"lorafleet_args": args.to_serve_args()},
+        },
+    }

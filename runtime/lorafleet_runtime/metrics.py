@@ -1,0 +1,58 @@
+"""Prometheus metrics of the runtime, exported through Ray's metrics agent (the ``metrics``
+port of every Ray pod, which KubeRay exposes). Adapter labels are bounded: see labels.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorafleet_runtime.labels import AdapterLabels
+
+_PREFIX = "lorafleet_"
+
+
+class RuntimeMetrics:
+    """Created inside a replica (ray.util.metrics needs a running Ray worker)."""
+
+    def __init__(self, labels: AdapterLabels | None = None) -> None:
+        from ray.util import metrics
+
+        self.labels = labels or AdapterLabels()
+        tags = ("adapter",)
+        self.requests: Any = metrics.Counter(
+            _PREFIX + "requests", "Requests by adapter", tag_keys=tags
+        )
+        self.request_errors: Any = metrics.Counter(
+            _PREFIX + "request_errors",
+            "Requests answered with an error, by adapter and HTTP status",
+            tag_keys=(*tags, "status"),
+        )
+        self.adapter_loads: Any = metrics.Counter(
+            _PREFIX + "adapter_loads", "Adapters registered in the engine", tag_keys=tags
+        )
+        self.adapter_evictions: Any = metrics.Counter(
+            _PREFIX + "adapter_evictions", "Adapters removed from the engine", tag_keys=tags
+        )
+        self.download_bytes: Any = metrics.Counter(
+            _PREFIX + "adapter_download_bytes", "Bytes of adapter files downloaded", tag_keys=tags
+        )
+        self.download_failures: Any = metrics.Counter(
+            _PREFIX + "adapter_download_failures",
+            "Failed adapter downloads by reason",
+            tag_keys=(*tags, "reason"),
+        )
+        buckets = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+        self.download_seconds: Any = metrics.Histogram(
+            _PREFIX + "adapter_download_seconds",
+            "Time to fetch an adapter to local disk (0 when cached)",
+            boundaries=buckets,
+            tag_keys=tags,
+        )
+        self.register_seconds: Any = metrics.Histogram(
+            _PREFIX + "adapter_register_seconds",
+            "Time for the engine to register a downloaded adapter",
+            boundaries=buckets,
+            tag_keys=tags,
+        )
+
+    def tags(self, adapter: str | None, **extra: str) -> dict[str, str]:
+        return {"adapter": self.labels.label(adapter), **extra}

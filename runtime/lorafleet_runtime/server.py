@@ -1,0 +1,261 @@
+"""The LLM replica: Ray Serve LLM's LLMServer with lorafleet's adapter path.
+
+What differs from the stock LoRA path (Ray 2.60): adapters are looked up in the catalogs'
+index (not listed from one bucket prefix); files go through the AdapterStore (verified, atomic,
+bounded, per-adapter locks, a real timeout); when Serve's multiplex LRU evicts an adapter it is
+removed from vLLM too (vLLM's ``unload_lora_adapter`` only forgets the name, the engine keeps
+the weights); a new revision replaces the old weights under a new LoRA id (so no prefix-cache
+block computed with old weights is reused); storage failures are 503 with the reason and are
+remembered briefly; and the replica reports where each adapter is via record_routing_stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from ray import serve
+from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
+from ray.serve.llm.deployment import LLMServer
+
+from lorafleet_runtime.adapter_directory import AdapterDirectory, CatalogStorage, open_index_source
+from lorafleet_runtime.adapter_storage import (
+    AdapterFileSource,
+    AdapterStorageError,
+    open_file_source,
+)
+from lorafleet_runtime.adapter_store import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_TIMEOUT_SECONDS,
+    AdapterStore,
+)
+from lorafleet_runtime.admission import judge_adapter
+from lorafleet_runtime.contract import RuntimeArgs
+from lorafleet_runtime.errors import AdapterRequestError
+from lorafleet_runtime.failures import DEFAULT_TTL_SECONDS, FailureMemory
+from lorafleet_runtime.llm_config import EXPERIMENTAL_KEY
+from lorafleet_runtime.metrics import RuntimeMetrics
+from lorafleet_runtime.model_ids import split_model
+
+log = logging.getLogger("lorafleet.server")
+
+INDEX_WAIT_SECONDS: Final = 30.0
+
+
+def runtime_args_of(llm_config: Any) -> RuntimeArgs:
+    return RuntimeArgs.from_serve_args(llm_config.experimental_configs[EXPERIMENTAL_KEY])
+
+
+class ResidentAdapter:
+    """An adapter registered in this replica's vLLM engine: what Serve's multiplex LRU holds.
+
+    Serve calls ``__del__`` of an evicted model (awaiting it when it is a coroutine
+    function). It is set per instance, not on the class, so garbage collection never calls a
+    coroutine nobody awaits."""
+
+    def __init__(self, server: LoraFleetServer, name: str, model_id: str, revision: str) -> None:
+        self.name = name
+        self.model_id = model_id
+        self.revision = revision
+        self.__del__ = self._evicted
+        self._server = server
+
+    async def _evicted(self) -> None:
+        await self._server._unregister(self)
+
+
+class LoraFleetServer(LLMServer):  # type: ignore[misc]
+    async def __init__(self, llm_config: Any, **kwargs: Any) -> None:
+        args = runtime_args_of(llm_config)
+        self._args = args
+        self._directory = AdapterDirectory(
+            catalogs=args.catalogs, source=open_index_source(args.catalog_index_dir)
+        )
+        cache_root = os.environ.get("LORAFLEET_ADAPTER_CACHE") or tempfile.gettempdir()
+        self._store = AdapterStore(
+            Path(cache_root) / "lorafleet-adapters" / f"replica-{os.getpid()}",
+            max_bytes=args.adapter_cache_bytes or DEFAULT_CACHE_BYTES,
+            timeout_seconds=args.adapter_download_timeout_s or DEFAULT_TIMEOUT_SECONDS,
+        )
+        ttl = args.failure_memory_s
+        self._failures = FailureMemory(ttl_seconds=DEFAULT_TTL_SECONDS if ttl is None else ttl)
+        self._sources: dict[tuple[str, str | None, str | None], AdapterFileSource] = {}
+        self._adapter_locks: dict[str, asyncio.Lock] = {}
+        self._resident: dict[str, ResidentAdapter] = {}
+        self._metrics = RuntimeMetrics()
+        await super().__init__(llm_config, **kwargs)
+        self._directory.start()
+
+    # ----------------------------------------------------------------- Serve's multiplexing
+    def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
+        max_loras = self._args.engine.max_loras
+
+        async def _load_model(model_id: str) -> ResidentAdapter:
+            return await self._register(model_id)
+
+        # The one value: Serve's per-replica LRU is exactly as big as vLLM's max_loras.
+        self._load_model = serve.multiplexed(max_num_models_per_replica=max_loras)(_load_model)
+
+    async def _maybe_resolve_lora_from_multiplex(self) -> None:
+        model_id = serve.get_multiplexed_model_id()
+        if not model_id:
+            return
+        resident: ResidentAdapter = await self._load_model(model_id)
+        await self._refresh_revision(resident)
+
+    # ----------------------------------------------------------------- adapter lifecycle
+    def _adapter_name(self, model_id: str) -> str:
+        ours, adapter = split_model(model_id, self._args.model_id)
+        if not ours or adapter is None:
+            raise AdapterRequestError(404, "NotFound", f"model {model_id!r} is not served here")
+        return adapter
+
+    async def _lookup(self, name: str) -> tuple[Any, CatalogStorage]:
+        await self._directory.wait_ready(INDEX_WAIT_SECONDS)
+        found = self._directory.lookup(name)
+        if found is None:
+            # The ingress may have seen a newer index than this replica: read it once more.
+            await self._directory.refresh()
+            found = self._directory.lookup(name)
+        verdict = judge_adapter(
+            name,
+            found[0] if found else None,
+            max_lora_rank=self._args.engine.max_lora_rank,
+        )
+        if verdict.http_status is not None or found is None:
+            raise AdapterRequestError(
+                verdict.http_status or 404, verdict.reason or "NotFound", verdict.message
+            )
+        return found
+
+    def _source(self, storage: CatalogStorage) -> AdapterFileSource:
+        key = (storage.uri.split("://", 1)[0], storage.endpoint, storage.region)
+        if key not in self._sources:
+            self._sources[key] = open_file_source(storage.uri, storage.endpoint, storage.region)
+        return self._sources[key]
+
+    async def _fetch(self, name: str) -> tuple[Any, Path]:
+        """The catalog record of ``name`` and its verified local folder."""
+        remembered = self._failures.recall(name, time.monotonic())
+        if remembered is not None:
+            raise AdapterRequestError(503, remembered.reason, remembered.message)
+        record, storage = await self._lookup(name)
+        tags = self._metrics.tags(name)
+        try:
+            report = await self._store.ensure(record, self._source(storage))
+        except AdapterStorageError as err:
+            self._metrics.download_failures.inc(tags={**tags, "reason": err.reason})
+            message = f"adapter {name!r} could not be fetched: {err.message}"
+            self._failures.remember(name, err.reason, message, time.monotonic())
+            raise AdapterRequestError(503, err.reason, message) from None
+        self._failures.forget(name)
+        if report.downloaded_bytes:
+            self._metrics.download_bytes.inc(report.downloaded_bytes, tags=tags)
+        self._metrics.download_seconds.observe(report.seconds, tags=tags)
+        return record, report.adapter.path
+
+    async def _register(self, model_id: str) -> ResidentAdapter:
+        name = self._adapter_name(model_id)
+        async with self._adapter_lock(name):
+            record, path = await self._fetch(name)
+            await self._engine_add(model_id, path, name)
+            resident = ResidentAdapter(self, name, model_id, record.revision)
+            self._resident[name] = resident
+            self._store.pin(name)
+            return resident
+
+    async def _refresh_revision(self, resident: ResidentAdapter) -> None:
+        found = self._directory.lookup(resident.name)
+        if found is None or found[0].revision == resident.revision:
+            return
+        async with self._adapter_lock(resident.name):
+            found = self._directory.lookup(resident.name)
+            if found is None or found[0].revision == resident.revision:
+                return
+            record, path = await self._fetch(resident.name)
+            await self._engine_remove(resident.model_id, resident.name)
+            await self._engine_add(resident.model_id, path, resident.name)
+            log.info("Replaced adapter %s with revision %s", resident.name, record.revision)
+            resident.revision = record.revision
+
+    async def _unregister(self, resident: ResidentAdapter) -> None:
+        async with self._adapter_lock(resident.name):
+            await self._engine_remove(resident.model_id, resident.name)
+            if self._resident.get(resident.name) is resident:
+                del self._resident[resident.name]
+            self._store.unpin(resident.name)
+
+    async def _engine_add(self, model_id: str, path: Path, name: str) -> None:
+        started = time.monotonic()
+        engine: Any = self.engine
+        try:
+            await engine.resolve_lora(
+                DiskMultiplexConfig.model_validate(
+                    {
+                        "model_id": model_id,
+                        "max_total_tokens": None,
+                        "local_path": str(path),
+                        "lora_assigned_int_id": 0,
+                    }
+                )
+            )
+        except ValueError as err:
+            # The files passed the catalog's checks but the engine refused them.
+            raise AdapterRequestError(422, "EngineRejected", str(err)) from None
+        tags = self._metrics.tags(name)
+        self._metrics.adapter_loads.inc(tags=tags)
+        self._metrics.register_seconds.observe(time.monotonic() - started, tags=tags)
+
+    async def _engine_remove(self, model_id: str, name: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        engine: Any = self.engine
+        models = engine._oai_models
+        lora = models.lora_requests.get(model_id)
+        if lora is None:
+            return
+        await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=model_id))
+        # vLLM's unload only forgets the name; the engine keeps the weights until told.
+        await engine._engine_client.remove_lora(lora.lora_int_id)
+        self._metrics.adapter_evictions.inc(tags=self._metrics.tags(name))
+        log.info("Removed adapter %s from the engine", name)
+
+    def _adapter_lock(self, name: str) -> asyncio.Lock:
+        # Bounded: only adapters that passed the index lookup or are resident get a lock, and
+        # locks of adapters neither resident nor locked are dropped.
+        if len(self._adapter_locks) > 4 * self._args.engine.max_loras + 64:
+            for key in [k for k, v in self._adapter_locks.items() if not v.locked()]:
+                if key not in self._resident:
+                    del self._adapter_locks[key]
+        return self._adapter_locks.setdefault(name, asyncio.Lock())
+
+    # ----------------------------------------------------------------- residency
+    async def residency(self) -> dict[str, Any]:
+        """Where each adapter is on this replica: registered in the engine (vLLM's LoRA slots
+        and CPU cache), held by Serve's multiplex LRU, and on local disk."""
+        engine: Any = self.engine
+        registered: list[str] = []
+        if engine is not None and getattr(engine, "_engine_client", None) is not None:
+            ids = await engine._engine_client.list_loras()
+            by_id = {
+                lora.lora_int_id: name for name, lora in engine._oai_models.lora_requests.items()
+            }
+            registered = sorted(
+                split_model(by_id[i], self._args.model_id)[1] or by_id[i] for i in ids if i in by_id
+            )
+        return {
+            "engine": registered,
+            "multiplexed": sorted(self._resident),
+            "disk": sorted(entry.name for entry in self._store.cached()),
+            "disk_bytes": self._store.used_bytes,
+            "max_loras": self._args.engine.max_loras,
+        }
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(await super().record_routing_stats())
+        stats["lorafleet"] = await self.residency()
+        return stats
