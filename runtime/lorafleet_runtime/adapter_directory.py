@@ -199,7 +199,7 @@ class AdapterDirectory:
                 changed |= await self._refresh_catalog(catalog)
             except IndexFormatError as err:
                 log.info("Kept the last index of catalog %s: %s", catalog.name, err)
-            except Exception as err:  # the API or the mount may fail; keep serving
+            except Exception as err:  # noqa: BLE001 - API or mount faults: keep serving the last index
                 log.warning("Could not read the index of catalog %s: %s", catalog.name, err)
         if changed:
             merged: dict[str, tuple[AdapterRecord, CatalogStorage]] = {}
@@ -243,8 +243,8 @@ class AdapterDirectory:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._poll())
 
-    async def wait_ready(self, timeout: float) -> None:
-        await asyncio.wait_for(self._first_refresh.wait(), timeout)
+    async def wait_ready(self, seconds: float) -> None:
+        await asyncio.wait_for(self._first_refresh.wait(), seconds)
 
     async def _poll(self) -> None:
         while True:

@@ -130,9 +130,11 @@ class GcsFileSource(AdapterFileSource):
             from google.api_core.client_options import ClientOptions
             from google.auth.credentials import AnonymousCredentials
 
+            anonymous: Any = AnonymousCredentials
+
             kwargs = {
                 "client_options": ClientOptions(api_endpoint=endpoint),
-                "credentials": AnonymousCredentials(),
+                "credentials": anonymous(),
                 "project": "lorafleet",
             }
         self._client: Any = gcs.Client(**kwargs)

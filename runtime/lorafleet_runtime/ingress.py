@@ -36,8 +36,9 @@ MAX_HANDLES: Final = 1024
 INDEX_WAIT_SECONDS: Final = 30.0
 
 
-class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
-    async def __init__(
+class LoraFleetIngress(OpenAiIngress):
+    # Ray Serve awaits async constructors; mypy does not know that pattern.
+    async def __init__(  # type: ignore[misc]
         self,
         llm_deployments: dict[str, Any],
         model_cards: dict[str, ModelCard],

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 # Ray Serve LLM deadlocks when the engine's placement group takes every logical CPU (the
 # ingress never schedules): declare more logical CPUs than a small machine has (FACTS.md).
@@ -62,7 +62,8 @@ def run(args_path: Path, host: str, port: int, num_cpus: int) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        serve_shutdown: Any = serve.shutdown
+        serve_shutdown()
         ray.shutdown()
 
 
