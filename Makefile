@@ -57,7 +57,7 @@ demo: venv tools ## Main job on the local default: control plane, KubeRay, loraf
 	$(PY) -m lorafleet_testbed demo
 
 .PHONY: lint
-lint: venv ## ruff, mypy --strict and import-linter
+lint: venv runtime-cpu ## ruff, mypy --strict (against the installed Ray and vLLM) and import-linter
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

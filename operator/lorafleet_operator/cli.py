@@ -146,6 +146,85 @@ def operator(
     )
 
 
+@main.command()
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(allow_dash=True, path_type=Path),
+    help="One LoRAModel and the AdapterCatalogs it refers to (repeat -f).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--model-source",
+    default=None,
+    help="Base model to load instead of spec.baseModel.source (a local folder or HF id).",
+)
+@click.option(
+    "--cpu/--gpu",
+    "cpu",
+    default=None,
+    help="vLLM's CPU build (fp32, eager) or the GPU. Default: GPU when /dev/nvidia0 exists.",
+)
+@click.option(
+    "--rescan-seconds",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="How often the catalogs are scanned again (new adapters become servable).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the catalog index and runtime arguments go. Default: a temporary folder.",
+)
+def serve(
+    files: tuple[Path, ...],
+    host: str,
+    port: int,
+    model_source: str | None,
+    cpu: bool | None,
+    rescan_seconds: float,
+    work_dir: Path | None,
+) -> None:
+    """Serve a LoRAModel on this machine with Ray Serve + vLLM (no cluster needed).
+
+    Needs the runtime installed (`make runtime-cpu` on machines without a GPU). Storage
+    credentials come from the standard chains (AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS,
+    STORAGE_EMULATOR_HOST). Clients use http://HOST:PORT/v1 with model="<modelId>" or
+    "<modelId>:<adapter>"."""
+    import logging
+    import tempfile
+
+    from lorafleet_operator.errors import LorafleetError
+    from lorafleet_operator.local_serve import LocalServeError, serve_locally
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    docs = _read_documents(files)
+    with tempfile.TemporaryDirectory(prefix="lorafleet-serve-") as scratch:
+        folder = work_dir or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            code = serve_locally(
+                docs,
+                work_dir=folder,
+                host=host,
+                port=port,
+                model_source=model_source,
+                cpu=cpu,
+                rescan_seconds=rescan_seconds,
+            )
+        except LocalServeError as err:
+            raise click.ClickException(str(err)) from None
+        except LorafleetError as err:
+            raise click.ClickException(f"{err.reason}: {err.message}") from None
+    sys.exit(code)
+
+
 @main.group()
 def catalog() -> None:
     """Inspect adapter catalogs."""

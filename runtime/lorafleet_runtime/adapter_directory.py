@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -79,6 +80,14 @@ class DirectoryIndexSource(IndexSource):
     async def manifest_text(self, catalog: CatalogRef) -> str | None:
         path = self.root / manifest_name(catalog.name) / MANIFEST_KEY
         return await asyncio.to_thread(_read_or_none, path)
+
+    async def storage_options(self, catalog: CatalogRef) -> tuple[str | None, str | None]:
+        path = self.root / manifest_name(catalog.name) / STORAGE_OPTIONS_FILE
+        text = await asyncio.to_thread(_read_or_none, path)
+        if text is None:
+            return None, None
+        options = json.loads(text)
+        return options.get("endpoint"), options.get("region")
 
     async def shard_texts(self, catalog: CatalogRef, names: Sequence[str]) -> dict[str, str]:
         texts: dict[str, str] = {}
@@ -279,3 +288,17 @@ def _write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
     temporary.replace(path)
+
+
+STORAGE_OPTIONS_FILE: Final = "storage.json"
+
+
+def write_storage_options(
+    root: Path, catalog: str, endpoint: str | None, region: str | None
+) -> None:
+    """Beside a directory index: the catalog's storage endpoint and region (a cluster reads
+    them from the AdapterCatalog object instead)."""
+    _write_atomically(
+        root / manifest_name(catalog) / STORAGE_OPTIONS_FILE,
+        json.dumps({"endpoint": endpoint, "region": region}),
+    )

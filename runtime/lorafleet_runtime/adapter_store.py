@@ -126,7 +126,7 @@ class AdapterStore:
                     written = await self._download(record, source, final)
                     break
                 except AdapterStorageError as err:
-                    if tries >= self.tries or err.reason in {"AccessDenied", "Corrupt"}:
+                    if tries >= self.tries or err.reason in {"AccessDenied", "NotFound", "Corrupt"}:
                         raise
                     log.info("Retrying download of %s after %s", record.name, err.reason)
                     await asyncio.sleep(self.backoff_seconds * 2 ** (tries - 1))

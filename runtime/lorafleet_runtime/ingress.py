@@ -36,7 +36,7 @@ MAX_HANDLES: Final = 1024
 INDEX_WAIT_SECONDS: Final = 30.0
 
 
-class LoraFleetIngress(OpenAiIngress):
+class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
     # Ray Serve awaits async constructors; mypy does not know that pattern.
     async def __init__(  # type: ignore[misc]
         self,
@@ -111,7 +111,9 @@ class LoraFleetIngress(OpenAiIngress):
     ) -> AsyncGenerator[Any, None]:
         model = getattr(body, "model", None) or self._args.model_id
         adapter = split_model(model, self._args.model_id)[1]
-        tags = self._metrics.tags(adapter)
+        # Names not in the index never get a label of their own (they all count as "other").
+        known = adapter is None or self._directory.lookup(adapter) is not None
+        tags = self._metrics.tags(adapter, known=known)
         self._metrics.requests.inc(tags=tags)
         try:
             async for response in super()._get_response(
@@ -131,6 +133,16 @@ class LoraFleetIngress(OpenAiIngress):
             raise OpenAIHTTPException(
                 status_code=found.status_code, message=found.message, type=found.reason
             ) from None
+
+    async def lorafleet_state(self) -> dict[str, int]:
+        """Sizes of the per-name state (for tests and debugging; bounded by design)."""
+        return {
+            "handles": len(self._handles),
+            "max_handles": MAX_HANDLES,
+            "failures": len(self._failures),
+            "labels": self._metrics.labels.size,
+            "max_labels": self._metrics.labels.k,
+        }
 
     # ----------------------------------------------------------------- /v1/models
     def _adapter_cards(self) -> list[dict[str, Any]]:

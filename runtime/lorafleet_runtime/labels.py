@@ -16,6 +16,10 @@ class AdapterLabels:
         self.k = k
         self._named: set[str] = set()
 
+    @property
+    def size(self) -> int:
+        return len(self._named)
+
     def label(self, adapter: str | None) -> str:
         """The label value for ``adapter`` (None is the base model)."""
         if adapter is None:

@@ -36,6 +36,12 @@ def engine_kwargs(args: RuntimeArgs) -> dict[str, Any]:
     return kwargs
 
 
+def engine_model_source(source: str) -> str:
+    """What Ray Serve LLM loads: ``file:///path`` (a mounted volume, as the LoRAModel says it)
+    becomes the plain path it expects; Hugging Face ids and bucket URIs pass unchanged."""
+    return source[len("file://") :] if source.startswith("file://") else source
+
+
 def llm_config_dict(args: RuntimeArgs) -> dict[str, Any]:
     """The ``LLMConfig`` of the one base model."""
     autoscaling: dict[str, Any] = {
@@ -45,7 +51,10 @@ def llm_config_dict(args: RuntimeArgs) -> dict[str, Any]:
     if args.autoscaling_config.target_ongoing_requests is not None:
         autoscaling["target_ongoing_requests"] = args.autoscaling_config.target_ongoing_requests
     config: dict[str, Any] = {
-        "model_loading_config": {"model_id": args.model_id, "model_source": args.model_source},
+        "model_loading_config": {
+            "model_id": args.model_id,
+            "model_source": engine_model_source(args.model_source),
+        },
         "engine_kwargs": engine_kwargs(args),
         # No dynamic_lora_loading_path: adapters come from the catalogs, through our server.
         # The ONE value: Serve's per-replica adapter LRU is vLLM's max_loras.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorafleet_runtime.labels import AdapterLabels
+from lorafleet_runtime.labels import OTHER, AdapterLabels
 
 _PREFIX = "lorafleet_"
 
@@ -54,5 +54,6 @@ class RuntimeMetrics:
             tag_keys=tags,
         )
 
-    def tags(self, adapter: str | None, **extra: str) -> dict[str, str]:
-        return {"adapter": self.labels.label(adapter), **extra}
+    def tags(self, adapter: str | None, *, known: bool = True, **extra: str) -> dict[str, str]:
+        label = self.labels.label(adapter) if known else OTHER
+        return {"adapter": label, **extra}

@@ -68,7 +68,7 @@ class ResidentAdapter:
         await self._server._unregister(self)
 
 
-class LoraFleetServer(LLMServer):
+class LoraFleetServer(LLMServer):  # type: ignore[misc]
     # Ray Serve awaits async constructors (LLMServer's is one); mypy does not know that.
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         args = runtime_args_of(llm_config)

@@ -1,0 +1,161 @@
+"""The replica's adapter store on a local folder: verified, atomic, bounded, deduplicated."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from lorafleet_runtime.adapter_directory import (
+    AdapterDirectory,
+    DirectoryIndexSource,
+    write_index_directory,
+    write_storage_options,
+)
+from lorafleet_runtime.adapter_storage import AdapterStorageError, LocalFileSource
+from lorafleet_runtime.adapter_store import PARTIAL_PREFIX, AdapterStore
+from lorafleet_runtime.catalog_index import AdapterRecord
+from lorafleet_runtime.contract import CatalogRef
+
+
+def _adapter(root: Path, name: str, payload: bytes) -> AdapterRecord:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text('{"r": 8}')
+    (folder / "adapter_model.safetensors").write_bytes(payload)
+    files = [{"name": p.name, "size": p.stat().st_size} for p in sorted(folder.iterdir())]
+    return AdapterRecord.model_validate(
+        {
+            "name": name,
+            "uri": f"file://{folder}/",
+            "revision": f"rev-{len(payload)}-{payload[:4].hex()}",
+            "valid": True,
+            "rank": 8,
+            "files": files,
+            "sizeBytes": sum(int(f["size"]) for f in files),  # type: ignore[call-overload]
+        }
+    )
+
+
+class CountingSource(LocalFileSource):
+    def __init__(self, delay: float = 0.0) -> None:
+        self.opened = 0
+        self.delay = delay
+
+    def _open(self, uri: str) -> IO[bytes]:
+        self.opened += 1
+        time.sleep(self.delay)
+        return super()._open(uri)
+
+
+def test_download_is_verified_and_renamed_into_place(tmp_path: Path) -> None:
+    record = _adapter(tmp_path / "bucket", "a", b"w" * 100)
+    store = AdapterStore(tmp_path / "cache")
+    report = asyncio.run(store.ensure(record, LocalFileSource()))
+    assert report.downloaded_bytes == record.size_bytes
+    assert (report.adapter.path / "adapter_model.safetensors").read_bytes() == b"w" * 100
+    assert not list((tmp_path / "cache").glob(PARTIAL_PREFIX + "*"))
+
+
+def test_size_mismatch_is_never_loadable(tmp_path: Path) -> None:
+    record = _adapter(tmp_path / "bucket", "a", b"w" * 100)
+    (tmp_path / "bucket" / "a" / "adapter_model.safetensors").write_bytes(b"short")
+    store = AdapterStore(tmp_path / "cache")
+    with pytest.raises(AdapterStorageError) as err:
+        asyncio.run(store.ensure(record, LocalFileSource()))
+    assert err.value.reason == "Corrupt"
+    assert list((tmp_path / "cache").iterdir()) == []
+    assert store.cached() == []
+
+
+def test_missing_files_are_a_storage_error_not_a_404(tmp_path: Path) -> None:
+    record = _adapter(tmp_path / "bucket", "a", b"w" * 10)
+    (tmp_path / "bucket" / "a" / "adapter_model.safetensors").unlink()
+    store = AdapterStore(tmp_path / "cache", tries=1)
+    with pytest.raises(AdapterStorageError) as err:
+        asyncio.run(store.ensure(record, LocalFileSource()))
+    assert err.value.reason == "NotFound"
+    assert err.value.status_code == 503
+
+
+def test_leftovers_of_a_killed_download_are_removed_at_start(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    leftover = cache / f"{PARTIAL_PREFIX}dead"
+    leftover.mkdir(parents=True)
+    (leftover / "adapter_model.safetensors").write_bytes(b"half")
+    AdapterStore(cache)
+    assert not leftover.exists()
+
+
+def test_transfer_timeout_is_real(tmp_path: Path) -> None:
+    record = _adapter(tmp_path / "bucket", "a", b"w" * 10)
+    store = AdapterStore(tmp_path / "cache", timeout_seconds=0.05, tries=1)
+    with pytest.raises(AdapterStorageError) as err:
+        asyncio.run(store.ensure(record, CountingSource(delay=0.2)))
+    assert err.value.reason == "Timeout"
+    assert store.cached() == []
+
+
+def test_concurrent_requests_for_one_adapter_share_one_download(tmp_path: Path) -> None:
+    record = _adapter(tmp_path / "bucket", "a", b"w" * 10)
+    store = AdapterStore(tmp_path / "cache")
+    source = CountingSource(delay=0.05)
+
+    async def many() -> None:
+        await asyncio.gather(*(store.ensure(record, source) for _ in range(5)))
+
+    asyncio.run(many())
+    assert source.opened == len(record.files)
+
+
+def test_new_revision_replaces_the_old_folder(tmp_path: Path) -> None:
+    bucket = tmp_path / "bucket"
+    store = AdapterStore(tmp_path / "cache")
+    old = asyncio.run(store.ensure(_adapter(bucket, "a", b"old-weights"), LocalFileSource()))
+    new_record = _adapter(bucket, "a", b"new-weights!")
+    new = asyncio.run(store.ensure(new_record, LocalFileSource()))
+    assert new.adapter.path != old.adapter.path
+    assert not old.adapter.path.exists()
+    assert (new.adapter.path / "adapter_model.safetensors").read_bytes() == b"new-weights!"
+
+
+def test_disk_cache_is_bounded_in_bytes_and_spares_pinned_adapters(tmp_path: Path) -> None:
+    bucket = tmp_path / "bucket"
+    records = [_adapter(bucket, f"a{i}", bytes([i]) * 1000) for i in range(4)]
+    store = AdapterStore(tmp_path / "cache", max_bytes=2500)
+    asyncio.run(store.ensure(records[0], LocalFileSource()))
+    store.pin("a0")
+    for record in records[1:]:
+        asyncio.run(store.ensure(record, LocalFileSource()))
+    names = {entry.name for entry in store.cached()}
+    assert "a0" in names
+    assert store.used_bytes <= 2500
+    assert len(list((tmp_path / "cache").iterdir())) == len(names)
+
+
+def test_directory_index_merges_catalogs_and_tracks_changes(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    first = [_adapter(tmp_path / "b1", "a", b"1"), _adapter(tmp_path / "b1", "shared", b"1")]
+    second = [_adapter(tmp_path / "b2", "shared", b"22"), _adapter(tmp_path / "b2", "z", b"3")]
+    write_index_directory(index, "c1", "ns", "file:///b1", first)
+    write_index_directory(index, "c2", "ns", "file:///b2", second)
+    write_storage_options(index, "c2", "http://minio:9000", "us-east-1")
+    directory = AdapterDirectory(
+        catalogs=[CatalogRef(name="c1", namespace="ns"), CatalogRef(name="c2", namespace="ns")],
+        source=DirectoryIndexSource(index),
+    )
+    assert asyncio.run(directory.refresh())
+    assert sorted(r.name for r in directory.records()) == ["a", "shared", "z"]
+    found = directory.lookup("shared")
+    assert found is not None
+    assert found[0].uri.startswith(f"file://{tmp_path}/b1")  # the first catalog wins
+    found_z = directory.lookup("z")
+    assert found_z is not None
+    assert found_z[1].endpoint == "http://minio:9000"
+    assert not asyncio.run(directory.refresh())  # unchanged digests: nothing re-read
+    write_index_directory(index, "c2", "ns", "file:///b2", second[:1])
+    assert asyncio.run(directory.refresh())
+    assert directory.lookup("z") is None
