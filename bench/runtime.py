@@ -1,0 +1,270 @@
+"""Runtime overhead: lorafleet's Serve app against plain Ray Serve LLM (``build_openai_app``
+with ``dynamic_lora_loading_path``), same vLLM CPU engine, same tiny model, same adapters in
+the same S3-compatible server, both deployed side by side in one Ray instance and measured
+alternately. Prints a table and writes JSON to bench/out/runtime.json.
+
+    .venv/bin/python bench/runtime.py                   # defaults: 96 requests per scenario
+    .venv/bin/python bench/runtime.py --requests 200 --concurrency 8
+
+Scenarios: base model only; 8 adapters round-robin, cache-warm (max_loras 8, warmed first);
+a cold-adapter stream (every request names an adapter this app has never loaded).
+Target from the issue: <= 10 % throughput loss against plain Ray Serve LLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec
+from lorafleet_operator.storage import StorageCredentials, open_storage, scan_catalog
+from lorafleet_runtime.adapter_directory import write_index_directory, write_storage_options
+from lorafleet_runtime.contract import RuntimeArgs
+from lorafleet_testbed import process
+from lorafleet_testbed.adapter_trees import tree_files, upload_s3
+from lorafleet_testbed.storage import MinioServer
+from lorafleet_testbed.tinymodel import TINY_MODEL_ID, build_lora_adapter, build_tiny_model
+
+OUT = Path(__file__).parent / "out"
+CACHE = Path.home() / ".cache" / "lorafleet" / "bench-runtime"
+BUCKET = "bench"
+MODEL_ID = "tiny"
+MAX_LORAS = 8
+ENGINE = {
+    "dtype": "float32",
+    "enforce_eager": True,
+    "gpu_memory_utilization": 0.2,
+    "max_lora_rank": 8,
+    "max_loras": MAX_LORAS,
+    "enable_lora": True,
+}
+
+
+def build_adapters(base: Path, warm: int, cold: int) -> dict[str, Path]:
+    folders = {f"w{i}": build_lora_adapter(base, CACHE / f"w{i}", seed=i) for i in range(warm)}
+    for i in range(cold):
+        folder = build_lora_adapter(base, CACHE / f"c{i}", seed=100 + i)
+        # Separate names per app: each app's cold stream is cold for it.
+        folders[f"plain-cold{i}"] = folder
+        folders[f"ours-cold{i}"] = folder
+    return folders
+
+
+def upload(minio: MinioServer, folders: dict[str, Path]) -> None:
+    client = boto3.client(
+        "s3",
+        endpoint_url=minio.endpoint,
+        region_name=minio.region,
+        aws_access_key_id=minio.access_key,
+        aws_secret_access_key=minio.secret_key,
+    )
+    client.create_bucket(Bucket=BUCKET)
+    for name, folder in folders.items():
+        upload_s3(client, BUCKET, f"loras/{name}/", tree_files(folder))
+
+
+def write_index(minio: MinioServer, index_dir: Path) -> None:
+    spec = AdapterCatalogSpec.model_validate(
+        {
+            "source": {"uri": f"s3://{BUCKET}/loras", "endpoint": minio.endpoint},
+            "baseModel": TINY_MODEL_ID,
+        }
+    )
+    credentials = StorageCredentials(
+        secret_name="bench",
+        data={"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key},
+    )
+
+    async def scan() -> Any:
+        storage = open_storage(spec.source, credentials)
+        try:
+            return await scan_catalog(storage, spec)
+        finally:
+            storage.close()
+
+    records = asyncio.run(scan()).records
+    write_index_directory(index_dir, "bench", "default", spec.source.location.uri, records)
+    write_storage_options(index_dir, "bench", minio.endpoint, minio.region)
+
+
+def ours_app(base: Path, index_dir: Path) -> Any:
+    from lorafleet_runtime.app import build_app
+
+    args = RuntimeArgs.model_validate(
+        {
+            "model_id": MODEL_ID,
+            "model_source": f"file://{base}",
+            "catalogs": [{"name": "bench", "namespace": "default"}],
+            "engine": {
+                "max_loras": MAX_LORAS,
+                "max_lora_rank": 8,
+                "dtype": "float32",
+                "gpu_memory_utilization": 0.2,
+                "extra_engine_kwargs": {"enforce_eager": True},
+            },
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+            "use_gpu": False,
+            "catalog_index_dir": str(index_dir),
+        }
+    )
+    return build_app(args.to_serve_args())
+
+
+def plain_app(base: Path, minio: MinioServer) -> Any:
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    engine = {k: v for k, v in ENGINE.items() if k not in {"max_loras"}}
+    config = LLMConfig(
+        model_loading_config={"model_id": MODEL_ID, "model_source": str(base)},
+        lora_config={
+            "dynamic_lora_loading_path": f"s3://{BUCKET}/loras",
+            "max_num_adapters_per_replica": MAX_LORAS,
+        },
+        engine_kwargs={**engine, "max_loras": MAX_LORAS},
+        deployment_config={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
+        placement_group_config={"bundles": [{"CPU": 1}]},
+        runtime_env={"env_vars": {"AWS_ENDPOINT_URL": minio.endpoint}},
+    )
+    return build_openai_app({"llm_configs": [config]})
+
+
+def request(url: str, model: str, max_tokens: int) -> tuple[int, float]:
+    body = json.dumps(
+        {
+            "model": model,
+            "prompt": "The quick brown fox",
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+    ).encode()
+    req = urllib.request.Request(
+        url + "/v1/completions", data=body, headers={"content-type": "application/json"}
+    )
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=300) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    return status, time.perf_counter() - started
+
+
+def run_scenario(url: str, models: list[str], concurrency: int, max_tokens: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(lambda m: request(url, m, max_tokens), models))
+    wall = time.perf_counter() - started
+    latencies = sorted(latency for _, latency in results)
+    errors = sum(1 for status, _ in results if status != 200)
+    return {
+        "requests": len(results),
+        "errors": errors,
+        "seconds": round(wall, 3),
+        "rps": round(len(results) / wall, 2),
+        "p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "p95_ms": round(latencies[max(0, int(len(latencies) * 0.95) - 1)] * 1000, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--cold", type=int, default=24, help="cold adapters per app")
+    options = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    base = build_tiny_model(CACHE / "base")
+    folders = build_adapters(base, MAX_LORAS, options.cold)
+    minio = MinioServer()
+    minio.start()
+    try:
+        upload(minio, folders)
+        index_dir = CACHE / "index"
+        write_index(minio, index_dir)
+        ray.init(
+            num_cpus=8,
+            include_dashboard=False,
+            runtime_env={
+                "env_vars": {
+                    "AWS_ACCESS_KEY_ID": minio.access_key,
+                    "AWS_SECRET_ACCESS_KEY": minio.secret_key,
+                    "AWS_REGION": minio.region,
+                }
+            },
+        )
+        port = process.free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        deploy: dict[str, float] = {}
+        apps: dict[str, Callable[[], Any]] = {
+            "plain": lambda: plain_app(base, minio),
+            "ours": lambda: ours_app(base, index_dir),
+        }
+        for name, make in apps.items():
+            started = time.perf_counter()
+            serve.run(make(), name=name, route_prefix=f"/{name}")
+            deploy[name] = round(time.perf_counter() - started, 1)
+        urls = {name: f"http://127.0.0.1:{port}/{name}" for name in apps}
+        warm = [f"{MODEL_ID}:w{i}" for i in range(MAX_LORAS)]
+        for url in urls.values():  # warm-up: engine paths and every warm adapter loaded
+            run_scenario(url, [MODEL_ID, *warm], 1, options.max_tokens)
+        n = options.requests
+        scenarios: dict[str, Callable[[str], list[str]]] = {
+            "base": lambda app: [MODEL_ID] * n,
+            "8 adapters (warm)": lambda app: [warm[i % len(warm)] for i in range(n)],
+            "cold adapters": lambda app: [f"{MODEL_ID}:{app}-cold{i}" for i in range(options.cold)],
+        }
+        results: dict[str, dict[str, Any]] = {}
+        for scenario, models_for in scenarios.items():
+            results[scenario] = {}
+            for app, url in urls.items():  # alternately, so drift hits both alike
+                results[scenario][app] = run_scenario(
+                    url, models_for(app), options.concurrency, options.max_tokens
+                )
+    finally:
+        try:
+            serve.shutdown()
+            ray.shutdown()
+        finally:
+            minio.close()
+
+    header = f"{'scenario':<20} {'app':<6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}"
+    print(header)
+    print("-" * len(header))
+    for scenario, by_app in results.items():
+        for app, r in by_app.items():
+            print(
+                f"{scenario:<20} {app:<6} {r['rps']:>7.2f} {r['p50_ms']:>8.1f} "
+                f"{r['p95_ms']:>8.1f} {r['errors']:>6}"
+            )
+        loss = 1 - by_app["ours"]["rps"] / by_app["plain"]["rps"]
+        print(f"{'':<20} ours vs plain throughput: {-loss:+.1%}")
+    print(f"deploy seconds: {deploy}")
+    OUT.mkdir(exist_ok=True)
+    report = {
+        "options": vars(options),
+        "deploy_seconds": deploy,
+        "results": results,
+    }
+    (OUT / "runtime.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

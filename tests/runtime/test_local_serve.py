@@ -1,0 +1,103 @@
+"""`lorafleet serve`: a LoRAModel and its catalog served on this machine without a cluster,
+as a user tries it (the example LoRAModel, the tiny model, adapters in a local folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lorafleet_testbed import process
+from lorafleet_testbed.tinymodel import TINY_MODEL_ID, build_lora_adapter, build_tiny_model
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "lora-model-minimal.yaml"
+
+
+def _get(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            data: dict[str, Any] = json.loads(response.read())
+            return data
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def _complete(base: str, model: str) -> int:
+    body = json.dumps({"model": model, "prompt": "The quick", "max_tokens": 4}).encode()
+    request = urllib.request.Request(
+        base + "/completions", data=body, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _wait_for_models(
+    base: str, wanted: set[str], proc: subprocess.Popen[str], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "lorafleet serve exited early"
+        listed = _get(base + "/models")
+        if listed and wanted <= {m["id"] for m in listed["data"]}:
+            return
+        time.sleep(2)
+    pytest.fail(f"lorafleet serve did not list {sorted(wanted)} within {timeout:.0f} s")
+
+
+def test_lorafleet_serve_runs_the_example_on_local_ray(tmp_path: Path) -> None:
+    base = build_tiny_model(tmp_path / "tiny")
+    adapters = tmp_path / "adapters"
+    build_lora_adapter(base, adapters / "support-v1", seed=1)
+    catalog = {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "AdapterCatalog",
+        "metadata": {"name": "support-adapters"},
+        "spec": {"source": {"uri": f"file://{adapters}"}, "baseModel": TINY_MODEL_ID},
+    }
+    catalog_file = tmp_path / "catalog.yaml"
+    catalog_file.write_text(yaml.safe_dump(catalog))
+    port = process.free_port()
+    log = (tmp_path / "serve.log").open("w")
+    argv = [sys.executable, "-m", "lorafleet_operator.cli", "serve", "-f", str(EXAMPLE)]
+    options = ["-f", str(catalog_file), "--model-source", str(base), "--cpu", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*argv, *options, "--rescan-seconds", "2"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "LORAFLEET_ADAPTER_CACHE": str(tmp_path / "cache")},
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_for_models(url, {"qwen-mini", "qwen-mini:support-v1"}, proc, 300)
+        assert _complete(url, "qwen-mini") == 200
+        assert _complete(url, "qwen-mini:support-v1") == 200
+        assert _complete(url, "qwen-mini:unknown") == 404
+        # A new adapter folder is picked up by the periodic re-scan: no restart.
+        shutil.copytree(build_lora_adapter(base, tmp_path / "new", seed=2), adapters / "billing")
+        _wait_for_models(url, {"qwen-mini:billing"}, proc, 60)
+        assert _complete(url, "qwen-mini:billing") == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]

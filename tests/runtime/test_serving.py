@@ -1,0 +1,257 @@
+"""lorafleet's Serve application on real Ray Serve + vLLM (CPU), driven through the official
+``openai`` client and plain HTTP: what a client of a LoRAModel sees."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import openai
+import pytest
+
+from .conftest import (
+    FAILURE_MEMORY_S,
+    MAX_LORAS,
+    MODEL_ID,
+    SERVABLE,
+    Deployment,
+)
+
+PROMPT = [{"role": "user", "content": "The quick brown fox"}]
+PROMPT_TEXT = "The quick brown fox"
+
+
+def _client(deployment: Deployment) -> openai.OpenAI:
+    return openai.OpenAI(base_url=deployment.base_url, api_key="unused", max_retries=0)
+
+
+def _chat(deployment: Deployment, model: str, max_tokens: int = 12) -> str:
+    """Greedy text completion (the random tiny model's chat answers are often empty; plain
+    completions of an ASCII prompt give text that shows which weights answered)."""
+    reply = _client(deployment).completions.create(
+        model=model,
+        prompt=PROMPT_TEXT,
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    return reply.choices[0].text
+
+
+def _post(deployment: Deployment, model: str) -> tuple[int, dict[str, Any]]:
+    body = json.dumps({"model": model, "prompt": "The quick", "max_tokens": 4}).encode()
+    request = urllib.request.Request(
+        deployment.base_url + "/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _eventually(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
+
+
+def test_models_lists_base_and_every_servable_adapter(deployment: Deployment) -> None:
+    listed = {m.id: m for m in _client(deployment).models.list().data}
+    adapters = {f"{MODEL_ID}:{name}" for name in SERVABLE}
+    assert adapters <= set(listed)
+    assert MODEL_ID in listed
+    # Invalid, incompatible ones are not offered.
+    assert f"{MODEL_ID}:broken" not in listed
+    assert f"{MODEL_ID}:wide" not in listed
+    card = listed[f"{MODEL_ID}:a0"].model_dump()
+    assert card["parent"] == MODEL_ID
+    assert card["rank"] == 8
+    assert card["revision"]
+
+
+def test_base_and_adapters_from_s3_gcs_and_local_answer_differently(
+    deployment: Deployment,
+) -> None:
+    outputs = {
+        model: _chat(deployment, model)
+        for model in [MODEL_ID, f"{MODEL_ID}:a0", f"{MODEL_ID}:g0", f"{MODEL_ID}:l0"]
+    }
+    assert all(outputs.values()), outputs
+    assert len(set(outputs.values())) == len(outputs), outputs
+
+
+def test_streaming_yields_the_same_text_in_several_chunks(deployment: Deployment) -> None:
+    model = f"{MODEL_ID}:a1"
+    whole = _chat(deployment, model, max_tokens=16)
+    stream = _client(deployment).completions.create(
+        model=model,
+        prompt=PROMPT_TEXT,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    pieces = [chunk.choices[0].text for chunk in stream if chunk.choices]
+    assert len([p for p in pieces if p]) > 1
+    assert "".join(pieces) == whole
+
+
+def test_chat_completions_work_for_base_and_adapter_streamed_or_not(
+    deployment: Deployment,
+) -> None:
+    client = _client(deployment)
+    for model in (MODEL_ID, f"{MODEL_ID}:g1"):
+        reply = client.chat.completions.create(
+            model=model,
+            messages=PROMPT,
+            max_tokens=8,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        assert reply.model == model
+        assert reply.choices[0].message.role == "assistant"
+        stream = client.chat.completions.create(
+            model=model,
+            messages=PROMPT,  # type: ignore[arg-type]
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+        chunks = list(stream)
+        assert chunks
+        assert chunks[-1].choices[0].finish_reason in {"length", "stop"}
+
+
+def test_more_adapters_than_max_loras_rotate_and_vllm_unloads_evicted_ones(
+    deployment: Deployment,
+) -> None:
+    order = ["a0", "g1", "l1", "a2", "a0"]
+    first = {}
+    for name in order:
+        text = _chat(deployment, f"{MODEL_ID}:{name}")
+        first.setdefault(name, text)
+        assert text == first[name], f"{name} answered differently after being reloaded"
+        residency = deployment.server_call("residency")
+        assert len(residency["engine"]) <= MAX_LORAS, residency
+        assert len(residency["multiplexed"]) <= MAX_LORAS, residency
+        assert name in residency["engine"]
+    residency = deployment.server_call("residency")
+    assert sorted(residency["engine"]) == ["a0", "a2"]
+    # Evicted from the engine, still on local disk for a quick reload.
+    assert {"g1", "l1"} <= set(residency["disk"])
+
+
+def test_unknown_adapter_is_404_at_the_ingress(deployment: Deployment) -> None:
+    before = deployment.server_call("residency")
+    status, body = _post(deployment, f"{MODEL_ID}:no-such-adapter")
+    assert status == 404
+    assert "none of the catalogs" in body["error"]["message"]
+    status, _ = _post(deployment, f"{MODEL_ID}:../../etc")
+    assert status == 404
+    status, _ = _post(deployment, "some-other-model")
+    assert status == 404
+    assert deployment.server_call("residency")["multiplexed"] == before["multiplexed"]
+
+
+def test_invented_names_leave_ingress_state_bounded(deployment: Deployment) -> None:
+    for i in range(300):
+        assert _post(deployment, f"{MODEL_ID}:invented-{i}")[0] == 404
+    state = deployment.ingress_call("lorafleet_state")
+    # Only names that passed the index check get a handle; invented ones never do.
+    assert state["handles"] <= len(SERVABLE) + 1
+    assert state["labels"] <= state["max_labels"]
+
+
+def test_known_but_invalid_or_incompatible_adapters_are_422_with_the_reason(
+    deployment: Deployment,
+) -> None:
+    status, body = _post(deployment, f"{MODEL_ID}:wide")
+    assert status == 422
+    assert "rank 16" in body["error"]["message"]
+    assert "max_lora_rank 8" in body["error"]["message"]
+    status, body = _post(deployment, f"{MODEL_ID}:broken")
+    assert status == 422
+    assert "invalid" in body["error"]["message"]
+
+
+def test_storage_failure_is_503_with_the_cause_and_remembered(deployment: Deployment) -> None:
+    status, body = _post(deployment, f"{MODEL_ID}:doomed")
+    assert status == 503, body
+    assert "NotFound" in body["error"]["type"] or "gone" in body["error"]["message"]
+    state = deployment.ingress_call("lorafleet_state")
+    assert state["failures"] >= 1
+    # Remembered: answered by the ingress without another fetch, still 503 (never 404).
+    started = time.monotonic()
+    status, _ = _post(deployment, f"{MODEL_ID}:doomed")
+    assert status == 503
+    assert time.monotonic() - started < 1.0
+    # Fixed in storage: servable once the memory expires.
+    catalogs = deployment.catalogs
+    catalogs.upload_s3("doomed", catalogs.root / "built" / f"doomed-{catalogs.seeds['doomed']}")
+    time.sleep(FAILURE_MEMORY_S + 1)
+    assert _post(deployment, f"{MODEL_ID}:doomed")[0] == 200
+
+
+def test_new_adapter_in_storage_becomes_servable_without_restart(deployment: Deployment) -> None:
+    catalogs = deployment.catalogs
+    catalogs.upload_s3("fresh", catalogs.build_adapter("fresh", 900))
+    catalogs.publish("s3-loras")
+    model = f"{MODEL_ID}:fresh"
+    _eventually(
+        lambda: model in {m.id for m in _client(deployment).models.list().data},
+        30,
+        "the new adapter in /v1/models",
+    )
+    assert _chat(deployment, model)
+
+
+def test_reuploaded_adapter_serves_its_new_weights(deployment: Deployment) -> None:
+    catalogs = deployment.catalogs
+    model = f"{MODEL_ID}:a3"
+    old = _chat(deployment, model)
+    # The same new weights under another name give the output to expect.
+    new_folder = catalogs.build_adapter("a3-next", 777)
+    catalogs.upload_s3("a3-next", new_folder)
+    catalogs.upload_s3("a3", new_folder)
+    catalogs.publish("s3-loras")
+    expected = _eventually(
+        lambda: (
+            _post(deployment, f"{MODEL_ID}:a3-next")[0] == 200
+            and _chat(deployment, f"{MODEL_ID}:a3-next")
+        ),
+        30,
+        "a3-next to be servable",
+    )
+    assert expected != old
+    _eventually(lambda: _chat(deployment, model) == expected, 30, "a3 to serve its new weights")
+
+
+def test_50_concurrent_requests_over_8_adapters_all_succeed(deployment: Deployment) -> None:
+    models = [f"{MODEL_ID}:{SERVABLE[i % len(SERVABLE)]}" for i in range(50)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(lambda m: _post(deployment, m), models))
+    assert [status for status, _ in results] == [200] * 50, [b for s, b in results if s != 200]
+
+
+def test_metrics_count_requests_and_loads_per_adapter(deployment: Deployment) -> None:
+    def scrape() -> str:
+        with urllib.request.urlopen(deployment.metrics_url, timeout=10) as response:
+            text: str = response.read().decode()
+        ok = "lorafleet_requests" in text and "lorafleet_adapter_loads" in text
+        return text if ok and 'adapter="a0"' in text else ""
+
+    text = _eventually(scrape, 60, "lorafleet metrics on Ray's metrics endpoint")
+    assert "lorafleet_adapter_download_bytes" in text
+    assert "lorafleet_adapter_evictions" in text
+    assert "invented-" not in text
