@@ -1,0 +1,132 @@
+"""A replica killed in the middle of an adapter download leaves nothing that can be loaded:
+the real S3-compatible server, a real process, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import boto3
+
+from lorafleet_runtime.adapter_storage import open_file_source
+from lorafleet_runtime.adapter_store import PARTIAL_PREFIX, AdapterStore
+from lorafleet_runtime.catalog_index import AdapterRecord
+from lorafleet_testbed.storage import MinioServer
+
+BUCKET = "killed-download"
+WEIGHTS = 8 * 1024 * 1024
+
+# The child downloads with a source that pauses after every chunk, so the kill lands mid-way.
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    from pathlib import Path
+    from lorafleet_runtime import adapter_storage
+    from lorafleet_runtime.adapter_store import AdapterStore
+    from lorafleet_runtime.catalog_index import AdapterRecord
+
+    adapter_storage.CHUNK_BYTES = 256 * 1024
+    record = AdapterRecord.model_validate_json(sys.argv[2])
+    source = adapter_storage.open_file_source(record.uri, sys.argv[3], "us-east-1")
+    opened = source._open
+
+    class Slow:
+        def __init__(self, stream):
+            self.stream = stream
+        def read(self, n):
+            time.sleep(0.2)
+            return self.stream.read(n)
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.stream.close()
+
+    source._open = lambda uri: Slow(opened(uri))
+    print("started", flush=True)
+    asyncio.run(AdapterStore(Path(sys.argv[1])).ensure(record, source))
+    """
+)
+
+
+def test_killed_download_leaves_nothing_loadable(minio: MinioServer, tmp_path: Path) -> None:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=minio.endpoint,
+        region_name=minio.region,
+        aws_access_key_id=minio.access_key,
+        aws_secret_access_key=minio.secret_key,
+    )
+    s3.create_bucket(Bucket=BUCKET)
+    config = b'{"r": 8, "peft_type": "LORA"}'
+    s3.put_object(Bucket=BUCKET, Key="loras/big/adapter_config.json", Body=config)
+    s3.put_object(
+        Bucket=BUCKET, Key="loras/big/adapter_model.safetensors", Body=os.urandom(WEIGHTS)
+    )
+    record = AdapterRecord.model_validate(
+        {
+            "name": "big",
+            "uri": f"s3://{BUCKET}/loras/big/",
+            "revision": "r1",
+            "valid": True,
+            "rank": 8,
+            "files": [
+                {"name": "adapter_config.json", "size": len(config)},
+                {"name": "adapter_model.safetensors", "size": WEIGHTS},
+            ],
+            "sizeBytes": len(config) + WEIGHTS,
+        }
+    )
+    cache = tmp_path / "cache"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": minio.access_key,
+        "AWS_SECRET_ACCESS_KEY": minio.secret_key,
+    }
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(cache),
+            json.dumps(record.model_dump(by_alias=True)),
+            minio.endpoint,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 30
+    weights = None
+    while time.monotonic() < deadline and weights is None:
+        found = list(cache.glob(f"{PARTIAL_PREFIX}*/adapter_model.safetensors"))
+        if found and found[0].stat().st_size > 0:
+            weights = found[0]
+        time.sleep(0.05)
+    assert weights is not None, "the download never started"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=10)
+    assert 0 < weights.stat().st_size < WEIGHTS
+    # Only the partial folder is there: no <name>@<revision> folder a replica would load.
+    assert [p.name.startswith(PARTIAL_PREFIX) for p in cache.iterdir()] == [True]
+
+    os.environ["AWS_ACCESS_KEY_ID"] = minio.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = minio.secret_key
+    try:
+        store = AdapterStore(cache)  # a restarted replica
+        assert list(cache.iterdir()) == []
+        report = asyncio.run(
+            store.ensure(record, open_file_source(record.uri, minio.endpoint, minio.region))
+        )
+    finally:
+        os.environ.pop("AWS_ACCESS_KEY_ID")
+        os.environ.pop("AWS_SECRET_ACCESS_KEY")
+    assert (report.adapter.path / "adapter_model.safetensors").stat().st_size == WEIGHTS
