@@ -285,7 +285,7 @@ def catalog_scan(
         try:
             return await scan_catalog(storage, spec)
         finally:
-            storage.close()
+            await storage.close()
 
     try:
         result = asyncio.run(scan())

@@ -71,7 +71,7 @@ async def scan_local_catalog(
         result = await scan_catalog(storage, catalog.spec, previous_by_name or None)
         return result.records
     finally:
-        storage.close()
+        await storage.close()
 
 
 def snapshot(catalog: AdapterCatalog, records: Sequence[AdapterRecord]) -> CatalogSnapshot:

@@ -95,11 +95,14 @@ def _scan(
     credentials: StorageCredentials | None = None,
     previous: dict[str, Any] | None = None,
 ) -> ScanResult:
-    storage = open_storage(spec.source, credentials)
-    try:
-        return asyncio.run(scan_catalog(storage, spec, previous))
-    finally:
-        storage.close()
+    async def scan() -> ScanResult:
+        storage = open_storage(spec.source, credentials)
+        try:
+            return await scan_catalog(storage, spec, previous)
+        finally:
+            await storage.close()
+
+    return asyncio.run(scan())
 
 
 def _reasons(result: ScanResult) -> dict[str, str | None]:

@@ -171,7 +171,7 @@ async def sync_adaptercatalog(
         try:
             scan = await scan_catalog(storage, catalog.spec, reusable)
         finally:
-            storage.close()
+            await storage.close()
     except LorafleetError as err:
         status = failed_status(
             generation=generation,

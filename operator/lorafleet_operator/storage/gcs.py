@@ -20,7 +20,7 @@ from lorafleet_operator.errors import (
     StorageUnreachableError,
 )
 from lorafleet_operator.model.adaptercatalog import StorageLocation
-from lorafleet_operator.storage.base import DEFAULT_CONCURRENCY, AdapterStorage
+from lorafleet_operator.storage.base import DEFAULT_CONCURRENCY, ThreadedStorage
 from lorafleet_operator.storage.credentials import StorageCredentials
 
 # GCS calls retry transient errors on their own (google.api_core retry); a bounded timeout
@@ -31,7 +31,7 @@ _TIMEOUT_SECONDS = 30.0
 _RETRY = DEFAULT_RETRY.with_timeout(15.0)
 
 
-class GcsStorage(AdapterStorage):
+class GcsStorage(ThreadedStorage):
     def __init__(
         self,
         location: StorageLocation,

@@ -12,10 +12,10 @@ from lorafleet_operator.errors import (
     StorageNotFoundError,
     StorageUnreachableError,
 )
-from lorafleet_operator.storage.base import AdapterStorage
+from lorafleet_operator.storage.base import ThreadedStorage
 
 
-class LocalStorage(AdapterStorage):
+class LocalStorage(ThreadedStorage):
     @property
     def root(self) -> Path:
         return Path(self.location.prefix)
