@@ -105,6 +105,12 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         model_id = serve.get_multiplexed_model_id()
         if not model_id:
             return
+        name = self._adapter_name(model_id)
+        if name not in self._resident:
+            # Serve's multiplex wrapper loads one model at a time per replica; downloading
+            # before entering it lets different adapters download in parallel (the same
+            # one still downloads once), leaving only the engine registration serialized.
+            await self._fetch(name)
         resident: ResidentAdapter = await self._load_model(model_id)
         await self._refresh_revision(resident)
 

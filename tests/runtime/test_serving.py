@@ -42,6 +42,21 @@ def _chat(deployment: Deployment, model: str, max_tokens: int = 12) -> str:
     return reply.choices[0].text
 
 
+def _tokens(deployment: Deployment, model: str, max_tokens: int = 12) -> tuple[int, ...]:
+    """The greedy completion's token ids: which weights answered, even when the random tiny
+    model's tokens are not printable text."""
+    reply = _client(deployment).completions.create(
+        model=model,
+        prompt=PROMPT_TEXT,
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    token_ids = (reply.choices[0].model_extra or {}).get("token_ids")
+    assert token_ids, reply
+    return tuple(token_ids)
+
+
 def _post(deployment: Deployment, model: str) -> tuple[int, dict[str, Any]]:
     body = json.dumps({"model": model, "prompt": "The quick", "max_tokens": 4}).encode()
     request = urllib.request.Request(
@@ -85,7 +100,7 @@ def test_base_and_adapters_from_s3_gcs_and_local_answer_differently(
     deployment: Deployment,
 ) -> None:
     outputs = {
-        model: _chat(deployment, model)
+        model: _tokens(deployment, model)
         for model in [MODEL_ID, f"{MODEL_ID}:a0", f"{MODEL_ID}:g0", f"{MODEL_ID}:l0"]
     }
     assert all(outputs.values()), outputs
@@ -137,9 +152,9 @@ def test_more_adapters_than_max_loras_rotate_and_vllm_unloads_evicted_ones(
     deployment: Deployment,
 ) -> None:
     order = ["a0", "g1", "l1", "a2", "a0"]
-    first = {}
+    first: dict[str, tuple[int, ...]] = {}
     for name in order:
-        text = _chat(deployment, f"{MODEL_ID}:{name}")
+        text = _tokens(deployment, f"{MODEL_ID}:{name}")
         first.setdefault(name, text)
         assert text == first[name], f"{name} answered differently after being reloaded"
         residency = deployment.server_call("residency")
@@ -150,6 +165,9 @@ def test_more_adapters_than_max_loras_rotate_and_vllm_unloads_evicted_ones(
     assert sorted(residency["engine"]) == ["a0", "a2"]
     # Evicted from the engine, still on local disk for a quick reload.
     assert {"g1", "l1"} <= set(residency["disk"])
+    # The same view reaches request routers through Serve's routing stats.
+    stats = deployment.server_call("record_routing_stats")
+    assert sorted(stats["lorafleet"]["engine"]) == ["a0", "a2"]
 
 
 def test_unknown_adapter_is_404_at_the_ingress(deployment: Deployment) -> None:
@@ -213,13 +231,13 @@ def test_new_adapter_in_storage_becomes_servable_without_restart(deployment: Dep
         30,
         "the new adapter in /v1/models",
     )
-    assert _chat(deployment, model)
+    assert _tokens(deployment, model)
 
 
 def test_reuploaded_adapter_serves_its_new_weights(deployment: Deployment) -> None:
     catalogs = deployment.catalogs
     model = f"{MODEL_ID}:a3"
-    old = _chat(deployment, model)
+    old = _tokens(deployment, model)
     # The same new weights under another name give the output to expect.
     new_folder = catalogs.build_adapter("a3-next", 777)
     catalogs.upload_s3("a3-next", new_folder)
@@ -228,13 +246,13 @@ def test_reuploaded_adapter_serves_its_new_weights(deployment: Deployment) -> No
     expected = _eventually(
         lambda: (
             _post(deployment, f"{MODEL_ID}:a3-next")[0] == 200
-            and _chat(deployment, f"{MODEL_ID}:a3-next")
+            and _tokens(deployment, f"{MODEL_ID}:a3-next")
         ),
         30,
         "a3-next to be servable",
     )
     assert expected != old
-    _eventually(lambda: _chat(deployment, model) == expected, 30, "a3 to serve its new weights")
+    _eventually(lambda: _tokens(deployment, model) == expected, 30, "a3 to serve its new weights")
 
 
 def test_50_concurrent_requests_over_8_adapters_all_succeed(deployment: Deployment) -> None:
