@@ -170,12 +170,15 @@ async def _catalog_loop(memo: kopf.Memo, logger: kopf.Logger) -> None:
                 logger.warning("Listing AdapterCatalogs failed: %s", err)
                 continue
             now = time.monotonic()
+            schedules: dict[tuple[str, str], Schedule] = memo.catalog_schedules
+            # A catalog without a schedule has not been seen by its create/resume handler
+            # yet; that handler syncs it (and schedules it), so the loop leaves it alone.
             due = [
                 catalog
                 for catalog in catalogs
                 if not catalog["metadata"].get("deletionTimestamp")
-                and memo.catalog_schedules.get(_key(catalog), Schedule(next_due=0.0)).next_due
-                <= now
+                and _key(catalog) in schedules
+                and schedules[_key(catalog)].next_due <= now
             ]
             # Catalogs sync side by side; each bounds its own storage requests.
             results = await asyncio.gather(

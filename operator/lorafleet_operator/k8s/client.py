@@ -178,6 +178,25 @@ class KubeClient:
             )
         return items
 
+    async def list_configmap_metadata(
+        self, namespace: str, label_selector: str
+    ) -> builtins.list[JsonObj]:
+        """Only the metadata of matching ConfigMaps (PartialObjectMetadata): deciding which
+        index shards to rewrite must not download megabytes of data it does not need."""
+        try:
+            response = await self._core.list_namespaced_config_map(
+                namespace,
+                label_selector=label_selector,
+                _preload_content=False,
+                _headers={
+                    "Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+                },
+            )
+            body = json.loads(await response.read())
+        except ApiException as err:
+            raise _api_error(err) from err
+        return [item.get("metadata", {}) for item in body.get("items", [])]
+
     async def apply_configmap(self, obj: JsonObj) -> None:
         """Server-side apply with lorafleet's field manager (force: we own these objects)."""
         meta = obj["metadata"]

@@ -114,8 +114,10 @@ async def write_index(kube: KubeClient, catalog: AdapterCatalog, rendered: Rende
     """Shards first, the manifest last, then stale shards go: a reader that follows the
     manifest always finds the shards it names. Unchanged ConfigMaps are not written."""
     existing = {
-        cm["metadata"]["name"]: cm["metadata"].get("annotations") or {}
-        for cm in await kube.list_configmaps(catalog.namespace, index_selector(catalog.name))
+        meta["name"]: meta.get("annotations") or {}
+        for meta in await kube.list_configmap_metadata(
+            catalog.namespace, index_selector(catalog.name)
+        )
     }
     written = 0
     for cm in [*rendered.shard_configmaps, rendered.manifest_configmap]:
