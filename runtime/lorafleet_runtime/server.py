@@ -15,6 +15,8 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,6 +46,9 @@ from lorafleet_runtime.model_ids import split_model
 log = logging.getLogger("lorafleet.server")
 
 INDEX_WAIT_SECONDS: Final = 30.0
+DRAIN_SECONDS: Final = 60.0
+# The adapter the current request leased (set while resolving it, read by _run_request).
+_LEASED: ContextVar[str | None] = ContextVar("lorafleet_leased_adapter", default=None)
 
 
 def runtime_args_of(llm_config: Any) -> RuntimeArgs:
@@ -87,6 +92,8 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         self._sources: dict[tuple[str, str | None, str | None], AdapterFileSource] = {}
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         self._resident: dict[str, ResidentAdapter] = {}
+        self._in_flight: dict[str, int] = {}
+        self._drained: dict[str, asyncio.Event] = {}
         self._metrics = RuntimeMetrics()
         await super().__init__(llm_config, **kwargs)
         self._directory.start()
@@ -113,6 +120,50 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             await self._fetch(name)
         resident: ResidentAdapter = await self._load_model(model_id)
         await self._refresh_revision(resident)
+        # From here until its stream ends the request uses the adapter in the engine: an
+        # eviction waits for it (no await between resolving and counting, so none slips in).
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        _LEASED.set(name)
+
+    async def _run_request(self, request: Any, **kwargs: Any) -> Any:
+        _LEASED.set(None)
+        try:
+            stream = await super()._run_request(request, **kwargs)
+        except BaseException:
+            self._release(_LEASED.get())
+            raise
+        name = _LEASED.get()
+        return stream if name is None else self._release_after(stream, name)
+
+    async def _release_after(self, stream: Any, name: str) -> AsyncIterator[Any]:
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            self._release(name)
+
+    def _release(self, name: str | None) -> None:
+        if name is None:
+            return
+        left = self._in_flight.get(name, 0) - 1
+        if left > 0:
+            self._in_flight[name] = left
+            return
+        self._in_flight.pop(name, None)
+        drained = self._drained.pop(name, None)
+        if drained is not None:
+            drained.set()
+
+    async def _drain(self, name: str) -> None:
+        """Wait until no request uses ``name`` in the engine (bounded: a client that never
+        reads its stream must not pin an adapter forever)."""
+        if not self._in_flight.get(name):
+            return
+        drained = self._drained.setdefault(name, asyncio.Event())
+        try:
+            await asyncio.wait_for(drained.wait(), DRAIN_SECONDS)
+        except TimeoutError:
+            log.warning("Evicted adapter %s with requests still running", name)
 
     # ----------------------------------------------------------------- adapter lifecycle
     def _adapter_name(self, model_id: str) -> str:
@@ -190,6 +241,9 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             resident.revision = record.revision
 
     async def _unregister(self, resident: ResidentAdapter) -> None:
+        # Serve's LRU chose this adapter; requests already running with it finish first
+        # (removing it under them made vLLM answer "model does not exist").
+        await self._drain(resident.name)
         async with self._adapter_lock(resident.name):
             await self._engine_remove(resident.model_id, resident.name)
             if self._resident.get(resident.name) is resident:

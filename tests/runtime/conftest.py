@@ -49,6 +49,7 @@ S3_ADAPTERS = {"a0": 8, "a1": 8, "a2": 8, "a3": 8, "wide": 16, "doomed": 8}
 GCS_ADAPTERS = {"g0": 8, "g1": 8}
 LOCAL_ADAPTERS = {"l0": 8, "l1": 8, "broken": 8}
 FAILURE_MEMORY_S = 6.0
+RAY_DEFAULT_PORTS = frozenset({6379, 8076, 8265, 10001, 52365, 52366})
 SERVABLE = ["a0", "a1", "a2", "a3", "g0", "g1", "l0", "l1"]
 
 
@@ -264,6 +265,8 @@ def deployment(
     args = serve_args_from_rayservice(model)
     http_port = process.free_port()
     metrics_port = process.free_port()
+    while metrics_port in RAY_DEFAULT_PORTS:  # Ray's agent takes its default port later
+        metrics_port = process.free_port()
     env = {
         "KUBECONFIG": str(control_plane.kubeconfig),
         "AWS_ACCESS_KEY_ID": catalogs.minio.access_key,
