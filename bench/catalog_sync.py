@@ -132,7 +132,7 @@ def run(n: int, work: Path) -> dict[str, Any]:
                     }
                 ),
             )
-            operator = LorafleetOperator(plane.kubeconfig, plane.data_dir / "logs")
+            operator = LorafleetOperator(plane.kubeconfig, OUT / "catalog_sync-logs")
             operator.start()
             assert operator.proc is not None
             pid = operator.proc.pid
@@ -170,8 +170,15 @@ def run(n: int, work: Path) -> dict[str, Any]:
                 )
                 _request_sync(plane)
                 one_changed = _wait_synced(plane, _marker(incremental))
-                assert one_changed["rankHistogram"] == {"8": n - 1, "16": 1}
+                assert one_changed["rankHistogram"] == {"8": n - 1, "16": 1}, one_changed[
+                    "rankHistogram"
+                ]
                 peak_rss = _peak_rss_mb(pid)
+                phases = [
+                    line.split("Synced AdapterCatalog", 1)[1].strip()
+                    for line in operator.log_text().splitlines()
+                    if "Synced AdapterCatalog" in line
+                ]
                 shards = full["index"]["shards"]
                 sizes = [
                     len(
@@ -204,6 +211,8 @@ def run(n: int, work: Path) -> dict[str, Any]:
         "operator_peak_rss_mb": round(peak_rss, 1),
         "reference_serial_1000_configs_seconds": round(serial_1000_seconds, 2),
         "cpus": os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "operator_sync_log": phases,
     }
 
 
@@ -223,6 +232,10 @@ def main() -> int:
     width = max(len(k) for k in result)
     print(f"{'metric':<{width}}  {'value':>10}  target")
     for key, value in result.items():
+        if isinstance(value, list):
+            for line in value:
+                print(f"  {line}")
+            continue
         target = targets.get(key)
         verdict = "" if target is None else f"<= {target:g} {'ok' if value <= target else 'MISSED'}"
         print(f"{key:<{width}}  {value:>10}  {verdict}")

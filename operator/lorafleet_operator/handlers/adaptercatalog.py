@@ -111,7 +111,7 @@ async def _report(body: kopf.Body, memo: kopf.Memo, outcome: SyncOutcome, logger
         )
     logger.info(
         "Synced AdapterCatalog %s: %d adapters (%d valid, %d invalid), %d configs read, "
-        "%d ConfigMaps written in %.2f s",
+        "%d ConfigMaps written in %.2f s (%s)",
         outcome.catalog,
         outcome.found,
         outcome.valid,
@@ -119,6 +119,7 @@ async def _report(body: kopf.Body, memo: kopf.Memo, outcome: SyncOutcome, logger
         outcome.configs_read,
         outcome.configmaps_written,
         outcome.duration_seconds,
+        ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in outcome.phase_seconds.items()),
     )
 
 

@@ -67,6 +67,8 @@ class SyncOutcome:
     configs_read: int
     configmaps_written: int
     duration_seconds: float
+    # Where the time went: "scan" (listing, config reads, validation), "index" (ConfigMaps).
+    phase_seconds: dict[str, float]
     # The part of status LoRAModels read (rank histogram, adapter sample) changed.
     summary_changed: bool
 
@@ -187,12 +189,17 @@ async def sync_adaptercatalog(
         )
         raise
 
+    scanned = time.monotonic()
     rendered = render_index_configmaps(catalog, scan.records, settings)
     written = await write_index(kube, catalog, rendered)
     cache.entries[(namespace, name)] = CachedIndex(
         uid=catalog.uid, settings=settings, records={r.name: r for r in scan.records}
     )
     duration = time.monotonic() - started
+    phases = {
+        "scan": round(scanned - started, 3),
+        "index": round(time.monotonic() - scanned, 3),
+    }
     status = synced_status(
         generation=generation,
         uri=catalog.spec.source.location.uri,
@@ -220,6 +227,7 @@ async def sync_adaptercatalog(
         configs_read=scan.configs_read,
         configmaps_written=written,
         duration_seconds=duration,
+        phase_seconds=phases,
         summary_changed=_summary(status) != _summary(previous_status),
     )
 
