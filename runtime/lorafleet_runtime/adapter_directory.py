@@ -253,6 +253,8 @@ class AdapterDirectory:
             self._task = asyncio.get_running_loop().create_task(self._poll())
 
     async def wait_ready(self, seconds: float) -> None:
+        if self._first_refresh.is_set():  # every request asks: no task for the common case
+            return
         await asyncio.wait_for(self._first_refresh.wait(), seconds)
 
     async def _poll(self) -> None:
