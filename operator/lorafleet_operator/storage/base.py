@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -39,8 +39,9 @@ class AdapterStorage(abc.ABC):
         self._secrets = tuple(secrets)
 
     @abc.abstractmethod
-    async def list_objects(self) -> list[StoredObject]:
-        """Every object under the prefix, keys relative to it (all pages)."""
+    async def list_objects(self, split_after: Sequence[str] = ()) -> list[StoredObject]:
+        """Every object under the prefix, keys relative to it (all pages). ``split_after``
+        is a hint (keys that cut the listing into ranges a backend may list in parallel)."""
 
     @abc.abstractmethod
     async def read(self, key: str, max_bytes: int) -> bytes:
@@ -87,7 +88,7 @@ class ThreadedStorage(AdapterStorage):
     def _classify(self, err: Exception) -> StorageError | None:
         """The StorageError an SDK exception means, or None for a bug (re-raised as is)."""
 
-    async def list_objects(self) -> list[StoredObject]:
+    async def list_objects(self, split_after: Sequence[str] = ()) -> list[StoredObject]:
         return await self._run(self._list_blocking)
 
     async def read(self, key: str, max_bytes: int) -> bytes:

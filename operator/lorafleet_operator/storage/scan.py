@@ -55,6 +55,20 @@ def validation_settings(spec: AdapterCatalogSpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# One listing range per this many adapters of the last sync (at most MAX_LISTING_RANGES).
+ADAPTERS_PER_LISTING_RANGE = 1_500
+MAX_LISTING_RANGES = 8
+
+
+def listing_splits(previous: Mapping[str, AdapterRecord]) -> list[str]:
+    """Keys that cut a listing into ranges of about equal size, from the last sync's
+    adapter names; none for small catalogs (one range is as fast there)."""
+    names = sorted(previous)
+    ranges = min(MAX_LISTING_RANGES, len(names) // ADAPTERS_PER_LISTING_RANGE)
+    # "<name>/" keys sort after "<name>": each split keeps a whole folder on one side.
+    return [names[len(names) * i // ranges] for i in range(1, ranges)] if ranges > 1 else []
+
+
 def _needs_config(folder: AdapterFolder, max_adapter_bytes: int) -> bool:
     config = folder.files.get(CONFIG_FILE)
     return (
@@ -78,7 +92,9 @@ async def scan_catalog(
     between listing and reading is invalid (ConfigUnreadable), not a failed sync."""
     previous = previous or {}
     listing = group_folders(
-        await storage.list_objects(), include=spec.include, exclude=spec.exclude
+        await storage.list_objects(split_after=listing_splits(previous)),
+        include=spec.include,
+        exclude=spec.exclude,
     )
     location = storage.location
     limit = spec.max_adapter_bytes
