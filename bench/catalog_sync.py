@@ -19,6 +19,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -132,7 +133,9 @@ def run(n: int, work: Path) -> dict[str, Any]:
                     }
                 ),
             )
-            operator = LorafleetOperator(plane.kubeconfig, OUT / "catalog_sync-logs")
+            logs = OUT / "catalog_sync-logs"
+            shutil.rmtree(logs, ignore_errors=True)  # the sync log lines below are this run's
+            operator = LorafleetOperator(plane.kubeconfig, logs)
             operator.start()
             assert operator.proc is not None
             pid = operator.proc.pid

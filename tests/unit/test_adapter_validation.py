@@ -189,3 +189,15 @@ def test_grouping_ignores_stray_files_and_folder_markers_and_applies_globs() -> 
     folder = listing.folders["keep-1"]
     assert list(folder.files) == ["adapter_config.json"]
     assert folder.nested == ("sub/deep.bin",)
+
+
+def test_large_catalogs_are_listed_in_ranges_split_at_known_adapter_names() -> None:
+    from lorafleet_operator.storage.scan import listing_splits
+
+    assert listing_splits({}) == []
+    few = {f"a{i:05d}": None for i in range(2_000)}
+    assert listing_splits(few) == []  # one range is as fast for small catalogs
+    many = {f"a{i:05d}": None for i in range(10_000)}
+    splits = listing_splits(many)  # type: ignore[arg-type]
+    assert len(splits) == 5  # six ranges of ~1,700 adapters
+    assert splits == sorted(splits) and all(s in many for s in splits)
