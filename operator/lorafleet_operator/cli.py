@@ -257,8 +257,9 @@ def catalog_scan(
 ) -> None:
     """List URI (s3://, gs://, file:///) and validate every adapter, as a sync would.
 
-    Credentials come from the standard chains (AWS_* variables, ~/.aws, GOOGLE_APPLICATION_
-    CREDENTIALS, STORAGE_EMULATOR_HOST). Exits 1 when the source cannot be listed."""
+    Credentials come from the standard chains (AWS_* variables, ~/.aws,
+    GOOGLE_APPLICATION_CREDENTIALS, STORAGE_EMULATOR_HOST). Exits 1 when the source cannot
+    be listed."""
     import asyncio
     import json
 
