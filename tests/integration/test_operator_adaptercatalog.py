@@ -21,6 +21,7 @@ from lorafleet_runtime.catalog_index import (
     LABEL_CATALOG,
     MANIFEST_KEY,
     SHARD_KEY,
+    IndexFormatError,
     manifest_name,
     read_index,
 )
@@ -315,6 +316,22 @@ def test_without_a_request_the_next_period_picks_changes_up(
         what="the periodic sync",
     )
     assert time.monotonic() - started < 30  # syncInterval 8s plus the loop's tick
+
+
+def test_a_deleted_index_configmap_is_restored_by_the_next_sync(
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+) -> None:
+    before = _index(control_plane)
+    control_plane.kubectl("delete", "configmap", manifest_name(CATALOG) + ".0", "-n", NAMESPACE)
+
+    def restored() -> bool:
+        try:
+            return _index(control_plane) == before
+        except IndexFormatError:
+            return False  # a shard is missing until the sync writes it again
+
+    _request_sync(control_plane)
+    eventually(restored, what="the deleted shard written again")
 
 
 def test_an_outage_keeps_the_last_good_index_and_recovers(

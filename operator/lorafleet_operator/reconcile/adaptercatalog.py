@@ -14,7 +14,10 @@ from typing import Any
 from lorafleet_operator import constants
 from lorafleet_operator.adapters import IndexChanges, compare_records
 from lorafleet_operator.builders import RenderedIndex, index_selector, render_index_configmaps
-from lorafleet_operator.builders.catalog_index import ANNOTATION_VALIDATION_SETTINGS
+from lorafleet_operator.builders.catalog_index import (
+    ANNOTATION_INDEX_DIGEST,
+    ANNOTATION_VALIDATION_SETTINGS,
+)
 from lorafleet_operator.errors import AccessDeniedError, LorafleetError
 from lorafleet_operator.k8s.client import JsonObj, KubeClient
 from lorafleet_operator.model.adaptercatalog import AdapterCatalog
@@ -34,6 +37,8 @@ from lorafleet_runtime.catalog_index import (
     SHARD_KEY,
     AdapterRecord,
     IndexFormatError,
+    IndexManifest,
+    manifest_name,
     read_index,
 )
 
@@ -45,6 +50,7 @@ class CachedIndex:
     uid: str | None
     settings: str
     records: dict[str, AdapterRecord]
+    manifest: IndexManifest | None = None
 
 
 @dataclass
@@ -138,6 +144,27 @@ async def write_index(kube: KubeClient, catalog: AdapterCatalog, rendered: Rende
     return written
 
 
+async def index_intact(
+    kube: KubeClient, catalog: AdapterCatalog, manifest: IndexManifest, settings: str
+) -> bool:
+    """Whether the ConfigMaps in the cluster are exactly the index ``manifest`` describes (by
+    their digest annotations): one metadata-only list call, no data."""
+    expected = {ref.name: ref.digest for ref in manifest.shards}
+    expected[manifest_name(catalog.name)] = manifest.digest
+    existing = {
+        meta["name"]: meta.get("annotations") or {}
+        for meta in await kube.list_configmap_metadata(
+            catalog.namespace, index_selector(catalog.name)
+        )
+    }
+    if set(existing) != set(expected):
+        return False
+    manifest_annotations = existing[manifest_name(catalog.name)]
+    return manifest_annotations.get(ANNOTATION_VALIDATION_SETTINGS) == settings and all(
+        existing[cm].get(ANNOTATION_INDEX_DIGEST) == digest for cm, digest in expected.items()
+    )
+
+
 def _summary(status: Mapping[str, Any]) -> tuple[Any, Any]:
     return status.get("rankHistogram"), status.get("adapters")
 
@@ -190,10 +217,30 @@ async def sync_adaptercatalog(
         raise
 
     scanned = time.monotonic()
-    rendered = render_index_configmaps(catalog, scan.records, settings)
-    written = await write_index(kube, catalog, rendered)
+    changes = compare_records(old_records, scan.records)
+    cached = cache.entries.get((namespace, name))
+    manifest: IndexManifest | None = None
+    written = 0
+    if (
+        not changes
+        and cached is not None
+        and cached.manifest is not None
+        and cached.uid == catalog.uid
+        and cached.settings == settings
+        and await index_intact(kube, catalog, cached.manifest, settings)
+    ):
+        # Nothing changed and the ConfigMaps are as we wrote them: rendering 10,000 records
+        # again would only prove it.
+        manifest = cached.manifest
+    else:
+        rendered = render_index_configmaps(catalog, scan.records, settings)
+        written = await write_index(kube, catalog, rendered)
+        manifest = rendered.manifest
     cache.entries[(namespace, name)] = CachedIndex(
-        uid=catalog.uid, settings=settings, records={r.name: r for r in scan.records}
+        uid=catalog.uid,
+        settings=settings,
+        records={r.name: r for r in scan.records},
+        manifest=manifest,
     )
     duration = time.monotonic() - started
     phases = {
@@ -206,8 +253,8 @@ async def sync_adaptercatalog(
         records=scan.records,
         stray_files=scan.stray_files,
         excluded=scan.excluded,
-        manifest=rendered.manifest,
-        manifest_configmap=rendered.manifest_configmap["metadata"]["name"],
+        manifest=manifest,
+        manifest_configmap=manifest_name(catalog.name),
         previous_status=previous_status,
         now=now,
         duration_seconds=duration,
@@ -220,7 +267,7 @@ async def sync_adaptercatalog(
     valid = sum(1 for r in scan.records if r.valid)
     return SyncOutcome(
         catalog=f"{namespace}/{name}",
-        changes=compare_records(old_records, scan.records),
+        changes=changes,
         found=len(scan.records),
         valid=valid,
         invalid=len(scan.records) - valid,
