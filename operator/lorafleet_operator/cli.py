@@ -120,6 +120,14 @@ def render(files: tuple[Path, ...], image: str | None) -> None:
     show_default=True,
     help="How long a Ready LoRAModel's RayService must look unhealthy before Ready turns False.",
 )
+@click.option(
+    "--drift-check-seconds",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    envvar="LORAFLEET_DRIFT_CHECK_SECONDS",
+    show_default=True,
+    help="How often every LoRAModel is reconciled again, events or not.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def operator(
     namespaces: tuple[str, ...],
@@ -127,13 +135,17 @@ def operator(
     liveness: str,
     image: str | None,
     debounce_seconds: float,
+    drift_check_seconds: float,
     verbose: bool,
 ) -> None:
     """Run the operator (kopf, standalone) against the current kubeconfig or in-cluster."""
     from lorafleet_operator.model.config import OperatorConfig
     from lorafleet_operator.runner import run_operator
 
-    settings: dict[str, Any] = {"debounce_seconds": debounce_seconds}
+    settings: dict[str, Any] = {
+        "debounce_seconds": debounce_seconds,
+        "drift_check_seconds": drift_check_seconds,
+    }
     if image:
         settings["default_image"] = image
     config = OperatorConfig(**settings)

@@ -372,3 +372,48 @@ def test_a_deleted_rayservice_is_recreated_and_no_finalizer_blocks_deletion(
         )
     finally:
         lorafleet_operator.start()
+
+
+def test_the_drift_check_repairs_what_no_event_reported(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """A RayService whose labels were stripped no longer sends the operator events; the drift
+    check (every 2 s here) still finds the tampered spec hash and applies our object again."""
+    operator = OperatorProcess(control_plane.kubeconfig, tmp_path, drift_check_seconds=2)
+    operator.start()
+    try:
+        ns = _namespace(control_plane, "op-drift")
+        _apply(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
+        rs = eventually(lambda: _rayservice_for(control_plane, ns, "qwen-mini"), what="RayService")
+        name = rs["metadata"]["name"]
+        control_plane.kubectl(
+            "label",
+            "rayservice",
+            name,
+            "-n",
+            ns,
+            "app.kubernetes.io/managed-by-",
+            "lorafleet.dev/loramodel-",
+        )
+        control_plane.kubectl(
+            "annotate",
+            "--overwrite",
+            "rayservice",
+            name,
+            "-n",
+            ns,
+            "lorafleet.dev/spec-hash=tampered",
+        )
+        repaired = eventually(
+            lambda: (
+                (r := get_json(control_plane, "rayservice", name, "-n", ns))
+                and r["metadata"]["annotations"]["lorafleet.dev/spec-hash"] != "tampered"
+                and r
+            ),
+            timeout=60,
+            what="the drift check to re-apply the RayService",
+        )
+        assert repaired["metadata"]["labels"]["lorafleet.dev/loramodel"] == "qwen-mini"
+        assert "Drift check of LoRAModel" not in operator.log_text()
+    finally:
+        operator.stop()

@@ -86,9 +86,11 @@ class LorafleetOperator(_LocalOperator):
         *,
         detach: bool = False,
         debounce_seconds: float | None = None,
+        drift_check_seconds: float | None = None,
     ) -> None:
         super().__init__(kubeconfig, log_dir, detach=detach)
         self.debounce_seconds = debounce_seconds
+        self.drift_check_seconds = drift_check_seconds
 
     def _argv(self) -> list[str]:
         return [
@@ -104,6 +106,8 @@ class LorafleetOperator(_LocalOperator):
         env = super()._env()
         if self.debounce_seconds is not None:
             env["LORAFLEET_DEBOUNCE_SECONDS"] = str(self.debounce_seconds)
+        if self.drift_check_seconds is not None:
+            env["LORAFLEET_DRIFT_CHECK_SECONDS"] = str(self.drift_check_seconds)
         return env
 
     def _health_url(self) -> str:

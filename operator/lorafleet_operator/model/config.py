@@ -25,3 +25,5 @@ class OperatorConfig(BaseModel):
     worker_memory: str = "32Gi"
     # How long not-ready signals must persist before a Ready LoRAModel turns not Ready.
     debounce_seconds: float = Field(default=30.0, ge=0)
+    # How often every LoRAModel is reconciled again even without an event (drift check).
+    drift_check_seconds: float = Field(default=60.0, ge=1)
