@@ -7,6 +7,7 @@ Services it derives from it."""
 
 from __future__ import annotations
 
+import abc
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from lorafleet_testbed import process
 from lorafleet_testbed.toolchain import tool
 
 
-class _LocalOperator:
+class _LocalOperator(abc.ABC):
     name = ""
 
     def __init__(self, kubeconfig: Path, log_dir: Path, *, detach: bool = False) -> None:
@@ -24,14 +25,16 @@ class _LocalOperator:
         self.port = process.free_port()
         self.proc: process.ManagedProcess | None = None
 
+    @abc.abstractmethod
     def _argv(self) -> list[str]:
-        raise NotImplementedError
+        """The command line that starts the server."""
 
     def _env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig)}
 
+    @abc.abstractmethod
     def _health_url(self) -> str:
-        raise NotImplementedError
+        """A URL that answers 2xx once the server is ready."""
 
     def start(self) -> None:
         self.proc = process.start(

@@ -5,6 +5,7 @@ same port with the same objects (outage and recovery)."""
 
 from __future__ import annotations
 
+import abc
 import secrets
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from lorafleet_testbed import process
 from lorafleet_testbed.toolchain import tool
 
 
-class _Server:
+class _Server(abc.ABC):
     name = ""
 
     def __init__(self, data_dir: Path | None = None) -> None:
@@ -31,14 +32,16 @@ class _Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @abc.abstractmethod
     def _argv(self) -> list[str]:
-        raise NotImplementedError
+        """The command line that starts the server."""
 
     def _env(self) -> dict[str, str]:
         return {}
 
+    @abc.abstractmethod
     def _health_url(self) -> str:
-        raise NotImplementedError
+        """A URL that answers 2xx once the server is ready."""
 
     def start(self) -> None:
         """Start (or start again after :meth:`stop`) on the same port and data."""
