@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from lorafleet_testbed.adapter_trees import build_real_adapters, upload_s3
 from lorafleet_testbed.controlplane import ControlPlane
 from lorafleet_testbed.operators import LorafleetOperator
@@ -89,13 +87,7 @@ def run(n: int, work: Path) -> dict[str, Any]:
     minio = MinioServer()
     minio.start()
     try:
-        s3: Any = boto3.client(
-            "s3",
-            endpoint_url=minio.endpoint,
-            region_name=minio.region,
-            aws_access_key_id=minio.access_key,
-            aws_secret_access_key=minio.secret_key,
-        )
+        s3: Any = minio.s3_client()
         s3.create_bucket(Bucket="bench")
         started = time.monotonic()
         upload_s3(s3, "bench", "loras/", files)

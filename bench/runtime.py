@@ -26,8 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec
 from lorafleet_operator.storage import StorageCredentials, open_storage, scan_catalog
 from lorafleet_runtime.adapter_directory import write_index_directory, write_storage_options
@@ -64,13 +62,7 @@ def build_adapters(base: Path, warm: int, cold: int) -> dict[str, Path]:
 
 
 def upload(minio: MinioServer, folders: dict[str, Path]) -> None:
-    client = boto3.client(
-        "s3",
-        endpoint_url=minio.endpoint,
-        region_name=minio.region,
-        aws_access_key_id=minio.access_key,
-        aws_secret_access_key=minio.secret_key,
-    )
+    client = minio.s3_client()
     client.create_bucket(Bucket=BUCKET)
     for name, folder in folders.items():
         upload_s3(client, BUCKET, f"loras/{name}/", tree_files(folder))

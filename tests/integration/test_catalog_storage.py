@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -60,13 +59,7 @@ def tree(
 
 
 def _s3(minio: MinioServer, secret: str | None = None) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=minio.endpoint,
-        region_name=minio.region,
-        aws_access_key_id=minio.access_key,
-        aws_secret_access_key=secret or minio.secret_key,
-    )
+    return minio.s3_client(secret_key=secret)
 
 
 def _creds(minio: MinioServer, secret: str | None = None) -> StorageCredentials:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from lorafleet_operator.constants import ANNOTATION_SYNC_REQUESTED
@@ -48,13 +47,7 @@ class Bucket:
     """The catalog's bucket, as a user edits it with the S3 API."""
 
     def __init__(self, minio: MinioServer, tree: Path, expected: dict[str, str | None]) -> None:
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=minio.endpoint,
-            region_name=minio.region,
-            aws_access_key_id=minio.access_key,
-            aws_secret_access_key=minio.secret_key,
-        )
+        self.client: Any = minio.s3_client()
         self.name = "adapters-" + secrets.token_hex(4)
         self.prefix = "loras/tiny/"
         self.tree = tree

@@ -3,9 +3,7 @@ credentials, and keep their objects across an outage."""
 
 from __future__ import annotations
 
-import boto3
 import pytest
-from botocore.client import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -15,13 +13,8 @@ from lorafleet_testbed.storage import FakeGcsServer, MinioServer
 
 
 def _s3(server: MinioServer, secret: str | None = None) -> object:
-    return boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name=server.region,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=secret or server.secret_key,
-        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
+    return server.s3_client(
+        secret_key=secret, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5
     )
 
 

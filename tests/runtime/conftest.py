@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 from google.api_core.client_options import ClientOptions
@@ -66,13 +65,7 @@ class Catalogs:
     seeds: dict[str, int] = field(default_factory=dict)
 
     def s3(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.minio.endpoint,
-            region_name=self.minio.region,
-            aws_access_key_id=self.minio.access_key,
-            aws_secret_access_key=self.minio.secret_key,
-        )
+        return self.minio.s3_client()
 
     def gcs_bucket(self) -> Any:
         client = gcs_storage.Client(

@@ -13,8 +13,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import boto3
-
 from lorafleet_runtime.adapter_storage import open_file_source
 from lorafleet_runtime.adapter_store import PARTIAL_PREFIX, AdapterStore
 from lorafleet_runtime.catalog_index import AdapterRecord
@@ -56,13 +54,7 @@ CHILD = textwrap.dedent(
 
 
 def test_killed_download_leaves_nothing_loadable(minio: MinioServer, tmp_path: Path) -> None:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=minio.endpoint,
-        region_name=minio.region,
-        aws_access_key_id=minio.access_key,
-        aws_secret_access_key=minio.secret_key,
-    )
+    s3 = minio.s3_client()
     s3.create_bucket(Bucket=BUCKET)
     config = b'{"r": 8, "peft_type": "LORA"}'
     s3.put_object(Bucket=BUCKET, Key="loras/big/adapter_config.json", Body=config)

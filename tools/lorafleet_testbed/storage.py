@@ -10,6 +10,7 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lorafleet_testbed import process
 from lorafleet_testbed.toolchain import tool
@@ -73,6 +74,21 @@ class MinioServer(_Server):
         self.access_key = "lorafleet-" + secrets.token_hex(4)
         self.secret_key = secrets.token_urlsafe(24)
         self.region = "us-east-1"
+
+    def s3_client(self, *, secret_key: str | None = None, **config: Any) -> Any:
+        """A boto3 S3 client for this server (``secret_key`` to try a wrong one; ``config``
+        goes to botocore's Config, e.g. retries or timeouts)."""
+        import boto3  # the test bed runs without boto3 until a test needs S3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(**config) if config else None,
+        )
 
     def _argv(self) -> list[str]:
         return [
