@@ -4,7 +4,7 @@ the same S3-compatible server, both deployed side by side in one Ray instance an
 alternately. Prints a table and writes JSON to bench/out/runtime.json.
 
     .venv/bin/python bench/runtime.py                   # defaults: 96 requests per scenario
-    .venv/bin/python bench/runtime.py --requests 200 --concurrency 8
+    .venv/bin/python bench/runtime.py --requests 200 --concurrency 8 --rounds 5
 
 Scenarios: base model only; 8 adapters round-robin, cache-warm (max_loras 8, warmed first);
 a cold-adapter stream (every request names an adapter this app has never loaded).
@@ -50,12 +50,12 @@ ENGINE = {
 }
 
 
-def build_adapters(base: Path, warm: int, cold: int) -> dict[str, Path]:
+def build_adapters(base: Path, warm: int, cold: int, rounds: int) -> dict[str, Path]:
     folders = {f"w{i}": build_lora_adapter(base, CACHE / f"w{i}", seed=i) for i in range(warm)}
     for i in range(cold):
         folder = build_lora_adapter(base, CACHE / f"c{i}", seed=100 + i)
         # Separate names per app and per run: each cold stream is cold for its app.
-        for run in (0, 1):
+        for run in range(2 * rounds):
             folders[f"plain-cold{run}-{i}"] = folder
             folders[f"ours-cold{run}-{i}"] = folder
     return folders
@@ -173,7 +173,7 @@ def run_scenario(url: str, models: list[str], concurrency: int, max_tokens: int)
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Two runs of one app in one scenario: throughput over both, the worse percentiles."""
+    """All runs of one app in one scenario: throughput over all, median percentiles."""
     requests = sum(r["requests"] for r in runs)
     seconds = sum(r["seconds"] for r in runs)
     return {
@@ -181,10 +181,15 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": sum(r["errors"] for r in runs),
         "seconds": round(seconds, 3),
         "rps": round(requests / seconds, 2),
-        "p50_ms": max(r["p50_ms"] for r in runs),
-        "p95_ms": max(r["p95_ms"] for r in runs),
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 1),
+        "p95_ms": round(statistics.median(r["p95_ms"] for r in runs), 1),
         "runs": runs,
     }
+
+
+def paired_ratio(plain: list[dict[str, Any]], ours: list[dict[str, Any]]) -> float:
+    """Median over rounds of ours/plain throughput, each round's runs taken back to back."""
+    return statistics.median(o["rps"] / p["rps"] for p, o in zip(plain, ours, strict=True))
 
 
 def main() -> int:
@@ -193,13 +198,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--cold", type=int, default=24, help="cold adapters per app")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="A-B-B-A rounds per scenario (median ratio)"
+    )
     options = parser.parse_args()
 
     import ray
     from ray import serve
 
     base = build_tiny_model(CACHE / "base")
-    folders = build_adapters(base, MAX_LORAS, options.cold)
+    folders = build_adapters(base, MAX_LORAS, options.cold, options.rounds)
     minio = MinioServer()
     minio.start()
     try:
@@ -243,15 +251,18 @@ def main() -> int:
         results: dict[str, dict[str, Any]] = {}
         for scenario, models_for in scenarios.items():
             runs: dict[str, list[dict[str, Any]]] = {app: [] for app in urls}
-            # A-B-B-A: whichever app goes first or second, drift and warm-up hit both alike.
-            for position, app in enumerate(["plain", "ours", "ours", "plain"]):
-                run = 0 if position in (0, 1) else 1
-                runs[app].append(
-                    run_scenario(
-                        urls[app], models_for(app, run), options.concurrency, options.max_tokens
+            # A-B-B-A per round: whichever app goes first or second, drift and warm-up hit
+            # both alike; run k of one app is paired with run k of the other.
+            for round_ in range(options.rounds):
+                for position, app in enumerate(["plain", "ours", "ours", "plain"]):
+                    run = 2 * round_ + (0 if position in (0, 1) else 1)
+                    runs[app].append(
+                        run_scenario(
+                            urls[app], models_for(app, run), options.concurrency, options.max_tokens
+                        )
                     )
-                )
             results[scenario] = {app: combine(r) for app, r in runs.items()}
+            results[scenario]["ratio"] = paired_ratio(runs["plain"], runs["ours"])
     finally:
         try:
             serve.shutdown()
@@ -263,13 +274,14 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     for scenario, by_app in results.items():
-        for app, r in by_app.items():
+        for app in ("plain", "ours"):
+            r = by_app[app]
             print(
                 f"{scenario:<20} {app:<6} {r['rps']:>7.2f} {r['p50_ms']:>8.1f} "
                 f"{r['p95_ms']:>8.1f} {r['errors']:>6}"
             )
-        loss = 1 - by_app["ours"]["rps"] / by_app["plain"]["rps"]
-        print(f"{'':<20} ours vs plain throughput: {-loss:+.1%}")
+        change = by_app["ratio"] - 1
+        print(f"{'':<20} ours vs plain throughput (median paired ratio): {change:+.1%}")
     print(f"deploy seconds: {deploy}")
     OUT.mkdir(exist_ok=True)
     report = {
