@@ -56,6 +56,17 @@ cluster-down: venv ## Stop the local control plane and delete its data
 demo: venv tools ## Main job on the local default: control plane, KubeRay, lorafleet operator, example LoRAModel
 	$(PY) -m lorafleet_testbed demo
 
+# The example names Qwen2.5-0.5B and an S3 bucket; locally a tiny generated model and a folder
+# of adapters stand in (LORAFLEET_MODEL_SOURCE replaces spec.baseModel.source).
+TINY_MODEL := $(LORAFLEET_CACHE)/tiny-model
+SERVE_PORT ?= 8000
+
+.PHONY: serve
+serve: venv runtime-cpu ## Answer requests for examples/lora-model.yaml on this machine (Ray Serve + vLLM CPU, tiny model)
+	$(PY) -m lorafleet_testbed tiny-model $(TINY_MODEL)
+	LORAFLEET_MODEL_SOURCE=$(TINY_MODEL)/base $(VENV)/bin/lorafleet serve \
+	  -f examples/lora-model.yaml -f $(TINY_MODEL)/adapter-catalog.yaml --port $(SERVE_PORT)
+
 .PHONY: lint
 lint: venv runtime-cpu ## ruff, mypy --strict (against the installed Ray and vLLM) and import-linter
 	$(VENV)/bin/ruff check .

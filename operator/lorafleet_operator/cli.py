@@ -173,6 +173,8 @@ def operator(
 @click.option(
     "--model-source",
     default=None,
+    envvar="LORAFLEET_MODEL_SOURCE",
+    show_envvar=True,
     help="Base model to load instead of spec.baseModel.source (a local folder or HF id).",
 )
 @click.option(

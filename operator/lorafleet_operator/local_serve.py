@@ -45,7 +45,16 @@ class LocalServeError(Exception):
 @dataclass
 class LocalCatalog:
     catalog: AdapterCatalog
-    records: list[AdapterRecord]
+    # None until a scan succeeded: such a catalog has no index yet (as in a cluster before
+    # its first sync), rather than an empty one.
+    records: list[AdapterRecord] | None = None
+
+    def rescan(self) -> None:
+        """Scan storage again; on failure keep the last good records and say why."""
+        try:
+            self.records = asyncio.run(scan_local_catalog(self.catalog, self.records))
+        except Exception as err:  # noqa: BLE001 - keep serving the last good index
+            log.warning("Could not scan catalog %s: %s", self.catalog.name, err)
 
 
 def pick_documents(
@@ -74,13 +83,16 @@ async def scan_local_catalog(
         await storage.close()
 
 
-def snapshot(catalog: AdapterCatalog, records: Sequence[AdapterRecord]) -> CatalogSnapshot:
+def snapshot(catalog: AdapterCatalog, records: Sequence[AdapterRecord] | None) -> CatalogSnapshot:
     histogram: dict[int, int] = {}
-    for record in records:
+    for record in records or ():
         if record.valid and record.rank:
             histogram[record.rank] = histogram.get(record.rank, 0) + 1
     return CatalogSnapshot(
-        name=catalog.name, namespace=catalog.namespace, found=True, rank_histogram=histogram
+        name=catalog.name,
+        namespace=catalog.namespace,
+        found=records is not None,
+        rank_histogram=histogram,
     )
 
 
@@ -95,12 +107,8 @@ def local_runtime_args(
     """The runtime's arguments for ``model_obj``, as the operator would render them, plus the
     local index directory; on CPU, vLLM's CPU settings where the spec leaves them open."""
     model = LoRAModel.from_object(model_obj)
-    missing = [c.name for c in model.spec.catalogs if c.name not in catalogs]
-    if missing:
-        raise LocalServeError(
-            f"LoRAModel {model.name} refers to catalog(s) {', '.join(missing)}: "
-            "give their AdapterCatalog YAML with -f"
-        )
+    # A catalog no file defines stays in the arguments, as in a cluster where it does not
+    # exist yet: its index is missing, so none of its adapters is served (see missing_catalogs).
     snapshots = [snapshot(c.catalog, c.records) for c in catalogs.values()]
     args = render_runtime_args(model, snapshots)
     # Local catalogs live in the default namespace of the files, not the model's.
@@ -113,6 +121,8 @@ def local_runtime_args(
         extra = dict(engine.extra_engine_kwargs)
         extra.setdefault("enforce_eager", True)
         update["use_gpu"] = False
+        # An accelerator type (L4, A100...) is a Ray resource this machine does not have.
+        update["accelerator_type"] = None
         update["engine"] = engine.model_copy(
             update={
                 "dtype": "float32",
@@ -128,9 +138,19 @@ def local_runtime_args(
     return args.model_copy(update=update)
 
 
+def missing_catalogs(
+    model_obj: Mapping[str, Any], given: Mapping[str, AdapterCatalog]
+) -> list[str]:
+    """Catalogs the LoRAModel names that no file defines (served without their adapters)."""
+    model = LoRAModel.from_object(model_obj)
+    return sorted(c.name for c in model.spec.catalogs if c.name not in given)
+
+
 def publish(index_dir: Path, catalogs: Mapping[str, LocalCatalog]) -> None:
     for local in catalogs.values():
         catalog = local.catalog
+        if local.records is None:
+            continue
         write_storage_options(
             index_dir, catalog.name, catalog.spec.source.endpoint, catalog.spec.source.region
         )
@@ -162,11 +182,16 @@ def serve_locally(
     model_obj, given = pick_documents(docs)
     model = LoRAModel.from_object(model_obj)
     wanted = {c.name for c in model.spec.catalogs}
-    catalogs = {
-        name: LocalCatalog(catalog, asyncio.run(scan_local_catalog(catalog, None)))
-        for name, catalog in given.items()
-        if name in wanted
-    }
+    catalogs = {name: LocalCatalog(catalog) for name, catalog in given.items() if name in wanted}
+    for local in catalogs.values():
+        local.rescan()
+    for name in missing_catalogs(model_obj, given):
+        log.warning(
+            "LoRAModel %s refers to AdapterCatalog %s, which no -f file defines: serving "
+            "without its adapters (give its YAML with -f to serve them)",
+            model.name,
+            name,
+        )
     index_dir = work_dir / "catalog-index"
     publish(index_dir, catalogs)
     try:
@@ -182,8 +207,9 @@ def serve_locally(
     args_path = work_dir / "runtime-args.json"
     args_path.write_text(json.dumps(args.to_serve_args(), indent=2, sort_keys=True))
     for name, local in catalogs.items():
-        valid = sum(1 for r in local.records if r.valid)
-        log.info("Scanned catalog %s: %d adapters, %d valid", name, len(local.records), valid)
+        if local.records is not None:
+            valid = sum(1 for r in local.records if r.valid)
+            log.info("Scanned catalog %s: %d adapters, %d valid", name, len(local.records), valid)
     argv = [sys.executable, "-m", "lorafleet_runtime.local", str(args_path)]
     child = subprocess.Popen([*argv, "--host", host, "--port", str(port)], env=os.environ.copy())
     stopping = False
@@ -202,9 +228,6 @@ def serve_locally(
             continue
         next_scan = time.monotonic() + rescan_seconds
         for local in catalogs.values():
-            try:
-                local.records = asyncio.run(scan_local_catalog(local.catalog, local.records))
-            except Exception as err:  # noqa: BLE001 - keep serving the last good index
-                log.warning("Could not re-scan catalog %s: %s", local.catalog.name, err)
+            local.rescan()
         publish(index_dir, catalogs)
     return 0 if stopping else int(child.returncode or 0)

@@ -1,5 +1,6 @@
 """`lorafleet serve`: a LoRAModel and its catalog served on this machine without a cluster,
-as a user tries it (the example LoRAModel, the tiny model, adapters in a local folder)."""
+as a user tries it with `make serve` (the example LoRAModel, the tiny model, adapters in a
+local folder)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from lorafleet_testbed import process
-from lorafleet_testbed.tinymodel import TINY_MODEL_ID, build_lora_adapter, build_tiny_model
+from lorafleet_testbed.tinymodel import (
+    EXAMPLE_ADAPTERS,
+    build_example_stand_in,
+    build_lora_adapter,
+)
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "lora-model-minimal.yaml"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "lora-model.yaml"
 
 
 def _get(url: str) -> dict[str, Any] | None:
@@ -59,39 +63,37 @@ def _wait_for_models(
 
 
 def test_lorafleet_serve_runs_the_example_on_local_ray(tmp_path: Path) -> None:
-    base = build_tiny_model(tmp_path / "tiny")
-    adapters = tmp_path / "adapters"
-    build_lora_adapter(base, adapters / "support-v1", seed=1)
-    catalog = {
-        "apiVersion": "lorafleet.dev/v1alpha1",
-        "kind": "AdapterCatalog",
-        "metadata": {"name": "support-adapters"},
-        "spec": {"source": {"uri": f"file://{adapters}"}, "baseModel": TINY_MODEL_ID},
-    }
-    catalog_file = tmp_path / "catalog.yaml"
-    catalog_file.write_text(yaml.safe_dump(catalog))
+    """What `make serve` runs: examples/lora-model.yaml unchanged, the tiny model standing in
+    for its base model (LORAFLEET_MODEL_SOURCE) and a local folder for its S3 catalog."""
+    base, catalog_file = build_example_stand_in(tmp_path / "tiny")
+    adapters = tmp_path / "tiny" / "adapters"
     port = process.free_port()
     log = (tmp_path / "serve.log").open("w")
     argv = [sys.executable, "-m", "lorafleet_operator.cli", "serve", "-f", str(EXAMPLE)]
-    options = ["-f", str(catalog_file), "--model-source", str(base), "--cpu", "--port", str(port)]
+    options = ["-f", str(catalog_file), "--port", str(port), "--rescan-seconds", "2"]
     proc = subprocess.Popen(
-        [*argv, *options, "--rescan-seconds", "2"],
+        [*argv, *options],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "LORAFLEET_ADAPTER_CACHE": str(tmp_path / "cache")},
+        env={
+            **os.environ,
+            "LORAFLEET_MODEL_SOURCE": str(base),
+            "LORAFLEET_ADAPTER_CACHE": str(tmp_path / "cache"),
+        },
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/v1"
+    model = "qwen2.5-0.5b"  # the example's modelId
     try:
-        _wait_for_models(url, {"qwen-mini", "qwen-mini:support-v1"}, proc, 300)
-        assert _complete(url, "qwen-mini") == 200
-        assert _complete(url, "qwen-mini:support-v1") == 200
-        assert _complete(url, "qwen-mini:unknown") == 404
+        _wait_for_models(url, {model, *(f"{model}:{a}" for a in EXAMPLE_ADAPTERS)}, proc, 300)
+        assert _complete(url, model) == 200
+        assert _complete(url, f"{model}:support-v1") == 200
+        assert _complete(url, f"{model}:unknown") == 404
         # A new adapter folder is picked up by the periodic re-scan: no restart.
-        shutil.copytree(build_lora_adapter(base, tmp_path / "new", seed=2), adapters / "billing")
-        _wait_for_models(url, {"qwen-mini:billing"}, proc, 60)
-        assert _complete(url, "qwen-mini:billing") == 200
+        shutil.copytree(build_lora_adapter(base, tmp_path / "new", seed=9), adapters / "refunds")
+        _wait_for_models(url, {f"{model}:refunds"}, proc, 60)
+        assert _complete(url, f"{model}:refunds") == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

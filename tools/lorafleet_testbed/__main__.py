@@ -1,5 +1,6 @@
-"""``python -m lorafleet_testbed up|down|status|demo``: the local control plane for people
-(``make cluster-up`` / ``make cluster-down`` / ``make demo``). Tests use the same classes."""
+"""``python -m lorafleet_testbed up|down|status|demo|tiny-model``: the local control plane
+for people (``make cluster-up`` / ``make cluster-down`` / ``make demo``) and the tiny model
+``make serve`` stands in for the example's model. Tests use the same classes."""
 
 from __future__ import annotations
 
@@ -120,6 +121,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from lorafleet_testbed.tinymodel import build_example_stand_in
+
+    base, catalog = build_example_stand_in(Path(args.directory))
+    print(f"tiny model: {base}\nadapter catalog: {catalog}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lorafleet_testbed")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,8 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop them and delete their data")
     sub.add_parser("status", help="say whether one is running")
     sub.add_parser("demo", help="up + KubeRay and lorafleet operators + the example LoRAModel")
+    tiny = sub.add_parser(
+        "tiny-model", help="a tiny model, adapters and a local AdapterCatalog for `make serve`"
+    )
+    tiny.add_argument("directory")
     args = parser.parse_args(argv)
-    handler = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo}[args.command]
+    handler = {
+        "up": cmd_up,
+        "down": cmd_down,
+        "status": cmd_status,
+        "demo": cmd_demo,
+        "tiny-model": cmd_tiny_model,
+    }[args.command]
     try:
         return handler(args)
     except (ToolMissingError, process.StartupError) as err:

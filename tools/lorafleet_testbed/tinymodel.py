@@ -24,11 +24,19 @@ _CHAT_TEMPLATE: Final = (
 )
 
 
+# examples/lora-model.yaml's maxModelLen fits. Rotary positions: the context length costs no
+# weights, only vLLM's KV cache (1 KiB per token for this model).
+MAX_POSITIONS: Final = 4096
+
+
 def build_tiny_model(directory: Path) -> Path:
     """Save the tiny base model (config, safetensors weights, tokenizer) in ``directory``;
-    reuse it when it is already there."""
-    if (directory / "config.json").exists():
-        return directory
+    reuse it when it is already there (and made by this version of the recipe)."""
+    config_path = directory / "config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        if config.get("max_position_embeddings") == MAX_POSITIONS:
+            return directory
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -55,7 +63,7 @@ def build_tiny_model(directory: Path) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=512,
+        max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=True,
         eos_token_id=0,
         bos_token_id=0,
@@ -105,3 +113,36 @@ def build_lora_adapter(
     config["base_model_name_or_path"] = base_model_name
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory
+
+
+# Adapter names and seeds of the local stand-in for examples/adapter-catalog.yaml.
+EXAMPLE_ADAPTERS: Final = {"support-v1": 1, "support-v2": 2, "billing": 3}
+EXAMPLE_CATALOG: Final = "support-adapters"
+
+
+def build_example_stand_in(directory: Path) -> tuple[Path, Path]:
+    """What ``lorafleet serve -f examples/lora-model.yaml`` needs on a machine without the
+    real model or bucket: the tiny model in ``directory/base``, a few adapters for it in
+    ``directory/adapters`` and an AdapterCatalog YAML named like the example's catalog that
+    points at that folder. Returns (base model folder, catalog YAML)."""
+    import yaml
+
+    base = build_tiny_model(directory / "base")
+    adapters = directory / "adapters"
+    for name, seed in EXAMPLE_ADAPTERS.items():
+        build_lora_adapter(base, adapters / name, seed=seed)
+    catalog = {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "AdapterCatalog",
+        "metadata": {"name": EXAMPLE_CATALOG},
+        "spec": {
+            "source": {"uri": f"file://{adapters.resolve()}"},
+            "baseModel": TINY_MODEL_ID,
+        },
+    }
+    catalog_path = directory / "adapter-catalog.yaml"
+    catalog_path.write_text(
+        "# Written by `python -m lorafleet_testbed tiny-model`: a local stand-in for the\n"
+        "# example's S3 catalog, with adapters for the tiny model.\n" + yaml.safe_dump(catalog)
+    )
+    return base, catalog_path
