@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,20 +32,45 @@ from lorafleet_runtime.catalog_index import (
     read_index,
 )
 from lorafleet_runtime.contract import CatalogRef
+from lorafleet_runtime.storage_common import StorageCredentials
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_SECONDS: Final = 2.0
+# How often a catalog's storage options (AdapterCatalog endpoint, credentials Secret) are read
+# again when its index did not change.
+STORAGE_REFRESH_SECONDS: Final = 30.0
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How to reach a catalog's storage, from its AdapterCatalog: endpoint, region and the
+    Secret named by ``credentialsSecretRef`` (decoded; values never in repr). Without a
+    Secret the SDKs use the pod's standard chain (env, IRSA, Workload Identity).
+    ``credentials_error`` says why a named Secret could not be read (downloads then fail
+    with AccessDenied rather than silently using other credentials)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    credentials: StorageCredentials | None = field(default=None, repr=False)
+    credentials_error: str | None = None
 
 
 @dataclass(frozen=True)
 class CatalogStorage:
-    """Where a catalog's adapters are and how to reach that storage (no credentials here:
-    those come from the standard chains of the process, e.g. env, IRSA, Workload Identity)."""
+    """Where a catalog's adapters are and how to reach that storage."""
 
     uri: str
     endpoint: str | None = None
     region: str | None = None
+    credentials: StorageCredentials | None = field(default=None, repr=False)
+    credentials_error: str | None = None
+
+    @property
+    def client_key(self) -> tuple[str, str | None, str | None, str | None]:
+        """Storages with the same key share one SDK client (a rotated Secret gets a new one)."""
+        secret = self.credentials.fingerprint() if self.credentials else None
+        return (self.uri.split("://", 1)[0], self.endpoint, self.region, secret)
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,7 @@ class CatalogIndex:
     digest: str
     storage: CatalogStorage
     records: Mapping[str, AdapterRecord]
+    storage_read_at: float = field(default_factory=time.monotonic)
 
 
 class IndexSource(abc.ABC):
@@ -63,9 +91,9 @@ class IndexSource(abc.ABC):
     @abc.abstractmethod
     async def shard_texts(self, catalog: CatalogRef, names: Sequence[str]) -> dict[str, str]: ...
 
-    async def storage_options(self, catalog: CatalogRef) -> tuple[str | None, str | None]:
-        """(endpoint, region) of the catalog's storage when the source knows them."""
-        return None, None
+    async def storage_options(self, catalog: CatalogRef) -> StorageOptions:
+        """How to reach the catalog's storage, as far as the source knows."""
+        return StorageOptions()
 
     async def close(self) -> None:
         return None
@@ -81,13 +109,14 @@ class DirectoryIndexSource(IndexSource):
         path = self.root / manifest_name(catalog.name) / MANIFEST_KEY
         return await asyncio.to_thread(_read_or_none, path)
 
-    async def storage_options(self, catalog: CatalogRef) -> tuple[str | None, str | None]:
+    async def storage_options(self, catalog: CatalogRef) -> StorageOptions:
+        # No Secrets in a directory: local runs use the standard chains (env and so on).
         path = self.root / manifest_name(catalog.name) / STORAGE_OPTIONS_FILE
         text = await asyncio.to_thread(_read_or_none, path)
         if text is None:
-            return None, None
+            return StorageOptions()
         options = json.loads(text)
-        return options.get("endpoint"), options.get("region")
+        return StorageOptions(endpoint=options.get("endpoint"), region=options.get("region"))
 
     async def shard_texts(self, catalog: CatalogRef, names: Sequence[str]) -> dict[str, str]:
         texts: dict[str, str] = {}
@@ -106,9 +135,10 @@ def _read_or_none(path: Path) -> str | None:
 
 
 class KubernetesIndexSource(IndexSource):
-    """The index ConfigMaps (and the AdapterCatalog's storage endpoint) through the API.
+    """The index ConfigMaps (and the AdapterCatalog's storage options) through the API.
 
-    Needs only ``get`` on configmaps and adaptercatalogs in the catalogs' namespace."""
+    Needs only ``get`` on configmaps and adaptercatalogs in the catalogs' namespace, and on
+    the Secrets that catalogs name in ``credentialsSecretRef``."""
 
     def __init__(self) -> None:
         self._api: Any = None
@@ -155,7 +185,7 @@ class KubernetesIndexSource(IndexSource):
         )
         return {name: text for name, text in zip(names, texts, strict=True) if text is not None}
 
-    async def storage_options(self, catalog: CatalogRef) -> tuple[str | None, str | None]:
+    async def storage_options(self, catalog: CatalogRef) -> StorageOptions:
         from kubernetes_asyncio.client.exceptions import ApiException
 
         await self._connect()
@@ -165,10 +195,39 @@ class KubernetesIndexSource(IndexSource):
             )
         except ApiException as err:
             if err.status == 404:
-                return None, None
+                return StorageOptions()
             raise
         source = (obj.get("spec") or {}).get("source") or {}
-        return source.get("endpoint"), source.get("region")
+        endpoint, region = source.get("endpoint"), source.get("region")
+        secret_name = (source.get("credentialsSecretRef") or {}).get("name")
+        if not secret_name:
+            return StorageOptions(endpoint=endpoint, region=region)
+        credentials, error = await self._credentials(catalog.namespace, secret_name)
+        return StorageOptions(endpoint, region, credentials, error)
+
+    async def _credentials(
+        self, namespace: str, name: str
+    ) -> tuple[StorageCredentials | None, str | None]:
+        """The decoded Secret, or why it cannot be read (status only: an API error body
+        could quote the request, never the Secret's data)."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        where = f"{namespace}/{name}"
+        try:
+            secret = await self._api.read_namespaced_secret(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None, f"credentials Secret {where} does not exist"
+            if err.status == 403:
+                return None, f"not allowed to read credentials Secret {where} (RBAC: get secrets)"
+            return None, f"could not read credentials Secret {where} (HTTP {err.status})"
+        data: dict[str, str] = {}
+        for key, value in (secret.data or {}).items():
+            try:
+                data[key] = base64.b64decode(value).decode()
+            except (ValueError, UnicodeDecodeError):
+                return None, f"credentials Secret {where}: key {key} is not text"
+        return StorageCredentials(secret_name=where, data=data), None
 
     async def close(self) -> None:
         if self._client is not None:
@@ -184,6 +243,7 @@ class AdapterDirectory:
     catalogs: Sequence[CatalogRef]
     source: IndexSource
     refresh_seconds: float = DEFAULT_REFRESH_SECONDS
+    storage_refresh_seconds: float = STORAGE_REFRESH_SECONDS
     _indexes: dict[str, CatalogIndex] = field(default_factory=dict)
     _merged: dict[str, tuple[AdapterRecord, CatalogStorage]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
@@ -229,14 +289,20 @@ class AdapterDirectory:
         manifest = parse_manifest(text)
         current = self._indexes.get(catalog.name)
         if current is not None and current.digest == manifest.digest:
-            return False
+            if time.monotonic() - current.storage_read_at < self.storage_refresh_seconds:
+                return False
+            # The AdapterCatalog's endpoint or its Secret may have changed (a rotated key).
+            storage = await self._storage(catalog, manifest.uri)
+            self._indexes[catalog.name] = replace(
+                current, storage=storage, storage_read_at=time.monotonic()
+            )
+            return storage != current.storage
         shards = await self.source.shard_texts(catalog, [ref.name for ref in manifest.shards])
         records = read_index(text, shards)
-        endpoint, region = await self.source.storage_options(catalog)
         self._indexes[catalog.name] = CatalogIndex(
             catalog=catalog.name,
             digest=manifest.digest,
-            storage=CatalogStorage(uri=manifest.uri, endpoint=endpoint, region=region),
+            storage=await self._storage(catalog, manifest.uri),
             records={record.name: record for record in records},
         )
         log.info(
@@ -246,6 +312,18 @@ class AdapterDirectory:
             manifest.valid,
         )
         return True
+
+    async def _storage(self, catalog: CatalogRef, uri: str) -> CatalogStorage:
+        options = await self.source.storage_options(catalog)
+        if options.credentials_error:
+            log.warning("Catalog %s: %s", catalog.name, options.credentials_error)
+        return CatalogStorage(
+            uri=uri,
+            endpoint=options.endpoint,
+            region=options.region,
+            credentials=options.credentials,
+            credentials_error=options.credentials_error,
+        )
 
     def start(self) -> None:
         """Refresh now and then every ``refresh_seconds`` on the running loop."""

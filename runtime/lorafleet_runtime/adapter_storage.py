@@ -2,8 +2,9 @@
 
 Chunked reads are what makes the transfer timeout real: the copy checks the deadline between
 chunks and stops, instead of only bounding a lock wait (Ray Serve LLM 2.60's
-``download_timeout_s``). Errors are classified (StorageUnreachable, AccessDenied, NotFound,
-Timeout) with messages that carry no credentials: the SDK exception text is not passed on."""
+``download_timeout_s``). Errors are classified as the operator classifies them
+(storage_common: StorageUnreachable, AccessDenied, NotFound; plus Timeout) with messages that
+carry no credentials: the SDK exception text is not passed on."""
 
 from __future__ import annotations
 
@@ -13,6 +14,17 @@ import time
 from pathlib import Path
 from typing import IO, Any, Final
 from urllib.parse import urlparse
+
+from lorafleet_runtime.storage_common import (
+    ACCESS_DENIED,
+    NOT_FOUND,
+    UNREACHABLE,
+    CredentialsError,
+    StorageCredentials,
+    gcs_error_reason,
+    os_error_reason,
+    s3_code_reason,
+)
 
 CHUNK_BYTES: Final = 1 << 20
 
@@ -65,26 +77,45 @@ class AdapterFileSource(abc.ABC):
             raise classified from None
 
 
+_WHAT: Final = {
+    NOT_FOUND: "a file of the adapter is gone",
+    ACCESS_DENIED: "access denied",
+    UNREACHABLE: "storage unreachable",
+}
+
+
+def _error(reason: str, uri: str, detail: str = "") -> AdapterStorageError:
+    return AdapterStorageError(reason, f"{uri}: {_WHAT[reason]}{detail}")
+
+
 class LocalFileSource(AdapterFileSource):
     def _open(self, uri: str) -> IO[bytes]:
         return Path(urlparse(uri).path).open("rb")
 
     def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None:
-        if isinstance(err, FileNotFoundError):
-            return AdapterStorageError("NotFound", f"{uri}: a file of the adapter is gone")
-        if isinstance(err, PermissionError):
-            return AdapterStorageError("AccessDenied", f"{uri}: permission denied")
-        if isinstance(err, OSError):
-            return AdapterStorageError("StorageUnreachable", f"{uri}: {err.strerror}")
-        return None
+        reason = os_error_reason(err)
+        if reason is None:
+            return None
+        strerror = getattr(err, "strerror", None)
+        return _error(reason, uri, f" ({strerror})" if reason == UNREACHABLE and strerror else "")
 
 
 class S3FileSource(AdapterFileSource):
-    def __init__(self, endpoint: str | None, region: str | None) -> None:
+    def __init__(
+        self,
+        endpoint: str | None,
+        region: str | None,
+        credentials: StorageCredentials | None = None,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
-        self._client: Any = boto3.session.Session().client(
+        try:
+            keys = credentials.s3_keys() if credentials else {}
+        except CredentialsError as err:
+            raise AdapterStorageError(err.reason, str(err)) from None
+        # A session per source: the Secret's keys, or the pod's standard chain without one.
+        self._client: Any = boto3.session.Session(**keys).client(
             "s3",
             endpoint_url=endpoint or None,
             region_name=region or None,
@@ -100,43 +131,38 @@ class S3FileSource(AdapterFileSource):
         return body  # type: ignore[no-any-return]
 
     def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None:
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-        )
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         if isinstance(err, ClientError):
             code = str(err.response.get("Error", {}).get("Code", ""))
-            if code in {"NoSuchKey", "NoSuchBucket", "404"}:
-                return AdapterStorageError("NotFound", f"{uri}: a file of the adapter is gone")
-            if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}:
-                return AdapterStorageError("AccessDenied", f"{uri}: access denied ({code})")
-            return AdapterStorageError("StorageUnreachable", f"{uri}: S3 error {code}")
+            return _error(s3_code_reason(code), uri, f" (S3 {code})")
         if isinstance(err, NoCredentialsError):
-            return AdapterStorageError("AccessDenied", f"{uri}: no S3 credentials")
-        if isinstance(err, EndpointConnectionError | BotoCoreError | OSError):
-            return AdapterStorageError("StorageUnreachable", f"{uri}: S3 endpoint unreachable")
+            return _error(ACCESS_DENIED, uri, " (no S3 credentials)")
+        if isinstance(err, BotoCoreError | OSError):
+            return _error(UNREACHABLE, uri, " (S3 endpoint)")
         return None
 
 
 class GcsFileSource(AdapterFileSource):
-    def __init__(self, endpoint: str | None) -> None:
+    def __init__(self, endpoint: str | None, credentials: StorageCredentials | None = None) -> None:
         from google.cloud import storage as gcs
 
         kwargs: dict[str, Any] = {}
         if endpoint:
             from google.api_core.client_options import ClientOptions
+
+            kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
+        if credentials is not None:
+            try:
+                kwargs.update(credentials.gcs_client_kwargs())
+            except CredentialsError as err:
+                raise AdapterStorageError(err.reason, str(err)) from None
+        elif endpoint:
+            # An emulator or private endpoint without a Secret: no ADC lookup.
             from google.auth.credentials import AnonymousCredentials
 
             anonymous: Any = AnonymousCredentials
-
-            kwargs = {
-                "client_options": ClientOptions(api_endpoint=endpoint),
-                "credentials": anonymous(),
-                "project": "lorafleet",
-            }
+            kwargs.update(credentials=anonymous(), project="lorafleet")
         self._client: Any = gcs.Client(**kwargs)
 
     def _open(self, uri: str) -> IO[bytes]:
@@ -146,28 +172,23 @@ class GcsFileSource(AdapterFileSource):
         return stream  # type: ignore[no-any-return]
 
     def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None:
-        from google.api_core import exceptions as api_exceptions
-        from google.auth import exceptions as auth_exceptions
-
-        if isinstance(err, api_exceptions.NotFound):
-            return AdapterStorageError("NotFound", f"{uri}: a file of the adapter is gone")
-        if isinstance(err, api_exceptions.Forbidden | api_exceptions.Unauthorized):
-            return AdapterStorageError("AccessDenied", f"{uri}: access denied")
-        if isinstance(err, auth_exceptions.GoogleAuthError):
-            return AdapterStorageError("AccessDenied", f"{uri}: no GCS credentials")
-        if isinstance(err, api_exceptions.GoogleAPIError | OSError):
-            return AdapterStorageError("StorageUnreachable", f"{uri}: GCS unreachable")
-        return None
+        reason = gcs_error_reason(err)
+        return None if reason is None else _error(reason, uri, " (GCS)")
 
 
 def open_file_source(
-    uri: str, endpoint: str | None = None, region: str | None = None
+    uri: str,
+    endpoint: str | None = None,
+    region: str | None = None,
+    credentials: StorageCredentials | None = None,
 ) -> AdapterFileSource:
+    """The source for ``uri``'s scheme, with the catalog's Secret when it names one (else
+    the SDK's standard chain). AdapterStorageError when the Secret does not fit the scheme."""
     scheme = urlparse(uri).scheme
     if scheme == "s3":
-        return S3FileSource(endpoint, region)
+        return S3FileSource(endpoint, region, credentials)
     if scheme == "gs":
-        return GcsFileSource(endpoint)
+        return GcsFileSource(endpoint, credentials)
     if scheme == "file":
         return LocalFileSource()
     raise AdapterStorageError("Unsupported", f"{uri}: unsupported storage scheme {scheme!r}")

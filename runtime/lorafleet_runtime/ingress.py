@@ -36,6 +36,24 @@ MAX_HANDLES: Final = 1024
 INDEX_WAIT_SECONDS: Final = 30.0
 
 
+_ERROR_CLASSES: dict[str, type[OpenAIHTTPException]] = {}
+MAX_ERROR_CLASSES: Final = 64
+
+
+def http_error(status_code: int, reason: str, message: str) -> OpenAIHTTPException:
+    """An error Ray Serve LLM answers with ``status_code`` and an OpenAI-style body whose
+    ``type`` is ``reason`` (e.g. AccessDenied, RankTooHigh): Ray writes the exception's class
+    name there, so each reason gets a subclass of that name (a small, fixed vocabulary; any
+    other string keeps the base class)."""
+    cls = _ERROR_CLASSES.get(reason)
+    if cls is None:
+        if not reason.isidentifier() or len(_ERROR_CLASSES) >= MAX_ERROR_CLASSES:
+            return OpenAIHTTPException(status_code=status_code, message=message, type=reason)
+        cls = type(reason, (OpenAIHTTPException,), {"__module__": __name__})
+        _ERROR_CLASSES[reason] = cls
+    return cls(status_code=status_code, message=message, type=reason)
+
+
 class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
     # Ray Serve awaits async constructors; mypy does not know that pattern.
     async def __init__(  # type: ignore[misc]
@@ -64,10 +82,10 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         if not ours or adapter is None:
             return model_id
         if not plausible_adapter_name(adapter):
-            raise OpenAIHTTPException(
-                status_code=status.HTTP_404_NOT_FOUND,
-                message=f"The model {model_id!r} does not exist: not a valid adapter name.",
-                type="NotFoundError",
+            raise http_error(
+                status.HTTP_404_NOT_FOUND,
+                "NotFoundError",
+                f"The model {model_id!r} does not exist: not a valid adapter name.",
             )
         await self._directory.wait_ready(INDEX_WAIT_SECONDS)
         found = self._directory.lookup(adapter)
@@ -77,17 +95,15 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
             max_lora_rank=self._args.engine.max_lora_rank,
         )
         if verdict.http_status is not None:
-            raise OpenAIHTTPException(
-                status_code=verdict.http_status,
-                message=f"The model {model_id!r} cannot be served: {verdict.message}.",
-                type="NotFoundError" if verdict.http_status == 404 else verdict.reason or "",
+            raise http_error(
+                verdict.http_status,
+                "NotFoundError" if verdict.http_status == 404 else verdict.reason or "",
+                f"The model {model_id!r} cannot be served: {verdict.message}.",
             )
         remembered = self._failures.recall(adapter, time.monotonic())
         if remembered is not None:
-            raise OpenAIHTTPException(
-                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                message=remembered.message,
-                type=remembered.reason,
+            raise http_error(
+                status.HTTP_503_SERVICE_UNAVAILABLE, remembered.reason, remembered.message
             )
         return model_id
 
@@ -130,9 +146,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
             self._metrics.request_errors.inc(tags={**tags, "status": str(found.status_code)})
             if found.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and adapter:
                 self._failures.remember(adapter, found.reason, found.message, time.monotonic())
-            raise OpenAIHTTPException(
-                status_code=found.status_code, message=found.message, type=found.reason
-            ) from None
+            raise http_error(found.status_code, found.reason, found.message) from None
 
     async def lorafleet_state(self) -> dict[str, int]:
         """Sizes of the per-name state (for tests and debugging; bounded by design)."""

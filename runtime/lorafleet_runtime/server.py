@@ -47,6 +47,8 @@ log = logging.getLogger("lorafleet.server")
 
 INDEX_WAIT_SECONDS: Final = 30.0
 DRAIN_SECONDS: Final = 60.0
+# SDK clients kept per (scheme, endpoint, region, Secret fingerprint).
+MAX_SOURCES: Final = 32
 # The adapter the current request leased (set while resolving it, read by _run_request).
 _LEASED: ContextVar[str | None] = ContextVar("lorafleet_leased_adapter", default=None)
 
@@ -89,7 +91,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         )
         ttl = args.failure_memory_s
         self._failures = FailureMemory(ttl_seconds=DEFAULT_TTL_SECONDS if ttl is None else ttl)
-        self._sources: dict[tuple[str, str | None, str | None], AdapterFileSource] = {}
+        self._sources: dict[tuple[str, str | None, str | None, str | None], AdapterFileSource] = {}
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         self._resident: dict[str, ResidentAdapter] = {}
         self._in_flight: dict[str, int] = {}
@@ -191,9 +193,16 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         return found
 
     def _source(self, storage: CatalogStorage) -> AdapterFileSource:
-        key = (storage.uri.split("://", 1)[0], storage.endpoint, storage.region)
+        if storage.credentials_error:
+            # A named Secret that cannot be read is not replaced by other credentials.
+            raise AdapterStorageError("AccessDenied", storage.credentials_error)
+        key = storage.client_key
         if key not in self._sources:
-            self._sources[key] = open_file_source(storage.uri, storage.endpoint, storage.region)
+            if len(self._sources) >= MAX_SOURCES:  # old keys of rotated Secrets
+                self._sources.pop(next(iter(self._sources)))
+            self._sources[key] = open_file_source(
+                storage.uri, storage.endpoint, storage.region, storage.credentials
+            )
         return self._sources[key]
 
     async def _fetch(self, name: str) -> tuple[Any, Path]:

@@ -40,6 +40,8 @@ APP_NAME = "lorafleet"
 SERVER_DEPLOYMENT = f"LoraFleetServer:{MODEL_ID}"
 INGRESS_DEPLOYMENT = "LoraFleetIngress"
 BUCKET = "runtime-adapters"
+S3_SECRET = "runtime-minio-credentials"
+LOCKED_SECRET = "locked-credentials"
 
 # Which adapters live where. Eight servable ones in all (the 50-concurrent test uses them);
 # "wide" has rank 16 (above this model's max_lora_rank 8), "broken" has no weights, "doomed"
@@ -93,6 +95,8 @@ class Catalogs:
                     "uri": f"s3://{BUCKET}/s3-loras",
                     "endpoint": self.minio.endpoint,
                     "region": self.minio.region,
+                    # The runtime reads this Secret itself: its pods get no AWS_* variables.
+                    "credentialsSecretRef": {"name": S3_SECRET},
                 },
                 **common,
             },
@@ -101,7 +105,29 @@ class Catalogs:
                 **common,
             },
             "local-loras": {"source": {"uri": f"file://{self.local_dir}"}, **common},
+            # Synced while its Secret existed; the Secret is gone before the runtime starts.
+            "locked-loras": {
+                "source": {
+                    "uri": f"s3://{BUCKET}/locked-loras",
+                    "endpoint": self.minio.endpoint,
+                    "region": self.minio.region,
+                    "credentialsSecretRef": {"name": LOCKED_SECRET},
+                },
+                **common,
+            },
         }
+
+    def create_secret(self, name: str) -> None:
+        self.plane.kubectl(
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            NAMESPACE,
+            f"--from-literal=AWS_ACCESS_KEY_ID={self.minio.access_key}",
+            f"--from-literal=AWS_SECRET_ACCESS_KEY={self.minio.secret_key}",
+        )
 
     def publish(self, name: str) -> None:
         """Scan catalog ``name`` and write its index ConfigMaps, as one operator sync does."""
@@ -118,7 +144,7 @@ class Catalogs:
         )
         catalog = AdapterCatalog.from_object(live)
         credentials = None
-        if name == "s3-loras":
+        if spec["source"]["uri"].startswith("s3://"):
             credentials = StorageCredentials(
                 secret_name="test/minio",
                 data={
@@ -132,7 +158,7 @@ class Catalogs:
             try:
                 return await scan_catalog(storage, catalog.spec)
             finally:
-                storage.close()
+                await storage.close()
 
         # The operator finds the GCS emulator the way google-cloud-storage does (no ADC here).
         if name == "gcs-loras":
@@ -170,6 +196,8 @@ def catalogs(
         base_model=build_tiny_model(root / "base"),
         local_dir=root / "local-loras",
     )
+    cats.create_secret(S3_SECRET)
+    cats.create_secret(LOCKED_SECRET)
     s3 = cats.s3()
     s3.create_bucket(Bucket=BUCKET)
     seed = 100
@@ -185,8 +213,11 @@ def catalogs(
         seed += 1
         shutil.copytree(cats.build_adapter(name, seed, rank), cats.local_dir / name)
     (cats.local_dir / "broken" / "adapter_model.safetensors").unlink()
+    seed += 1
+    upload_s3(s3, BUCKET, "locked-loras/locked/", tree_files(cats.build_adapter("locked", seed)))
     for name in cats.specs():
         cats.publish(name)
+    control_plane.kubectl("delete", "secret", LOCKED_SECRET, "-n", NAMESPACE)
     # The catalog validated "doomed"; its weights vanish afterwards.
     s3.delete_object(Bucket=BUCKET, Key="s3-loras/doomed/adapter_model.safetensors")
     return cats
@@ -201,7 +232,12 @@ def cpu_lora_model() -> dict[str, Any]:
         "spec": {
             "modelId": MODEL_ID,
             "baseModel": {"source": "PLACEHOLDER"},
-            "catalogs": [{"name": "gcs-loras"}, {"name": "local-loras"}, {"name": "s3-loras"}],
+            "catalogs": [
+                {"name": "gcs-loras"},
+                {"name": "local-loras"},
+                {"name": "locked-loras"},
+                {"name": "s3-loras"},
+            ],
             "engine": {
                 "maxLoras": MAX_LORAS,
                 "maxLoraRank": 8,
@@ -262,8 +298,7 @@ def deployment(
         metrics_port = process.free_port()
     env = {
         "KUBECONFIG": str(control_plane.kubeconfig),
-        "AWS_ACCESS_KEY_ID": catalogs.minio.access_key,
-        "AWS_SECRET_ACCESS_KEY": catalogs.minio.secret_key,
+        # No AWS_* keys: S3 downloads use the catalog's credentialsSecretRef.
         "LORAFLEET_ADAPTER_CACHE": str(tmp_path_factory.mktemp("adapter-cache")),
     }
     # Short, so the failure-memory test does not wait long (the operator leaves it unset).

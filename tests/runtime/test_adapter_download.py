@@ -16,6 +16,7 @@ from pathlib import Path
 from lorafleet_runtime.adapter_storage import open_file_source
 from lorafleet_runtime.adapter_store import PARTIAL_PREFIX, AdapterStore
 from lorafleet_runtime.catalog_index import AdapterRecord
+from lorafleet_runtime.storage_common import StorageCredentials
 from lorafleet_testbed.storage import MinioServer
 
 BUCKET = "killed-download"
@@ -110,15 +111,13 @@ def test_killed_download_leaves_nothing_loadable(minio: MinioServer, tmp_path: P
     # Only the partial folder is there: no <name>@<revision> folder a replica would load.
     assert [p.name.startswith(PARTIAL_PREFIX) for p in cache.iterdir()] == [True]
 
-    os.environ["AWS_ACCESS_KEY_ID"] = minio.access_key
-    os.environ["AWS_SECRET_ACCESS_KEY"] = minio.secret_key
-    try:
-        store = AdapterStore(cache)  # a restarted replica
-        assert list(cache.iterdir()) == []
-        report = asyncio.run(
-            store.ensure(record, open_file_source(record.uri, minio.endpoint, minio.region))
-        )
-    finally:
-        os.environ.pop("AWS_ACCESS_KEY_ID")
-        os.environ.pop("AWS_SECRET_ACCESS_KEY")
+    store = AdapterStore(cache)  # a restarted replica
+    assert list(cache.iterdir()) == []
+    # This time with the keys as a catalog's credentials Secret hands them over.
+    credentials = StorageCredentials(
+        secret_name="test/minio",
+        data={"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key},
+    )
+    source = open_file_source(record.uri, minio.endpoint, minio.region, credentials)
+    report = asyncio.run(store.ensure(record, source))
     assert (report.adapter.path / "adapter_model.safetensors").stat().st_size == WEIGHTS

@@ -13,8 +13,11 @@ from typing import Any
 import openai
 import pytest
 
+from lorafleet_runtime.adapter_directory import STORAGE_REFRESH_SECONDS
+
 from .conftest import (
     FAILURE_MEMORY_S,
+    LOCKED_SECRET,
     MAX_LORAS,
     MODEL_ID,
     SERVABLE,
@@ -175,6 +178,7 @@ def test_unknown_adapter_is_404_at_the_ingress(deployment: Deployment) -> None:
     status, body = _post(deployment, f"{MODEL_ID}:no-such-adapter")
     assert status == 404
     assert "none of the catalogs" in body["error"]["message"]
+    assert body["error"]["type"] == "NotFoundError"
     status, _ = _post(deployment, f"{MODEL_ID}:../../etc")
     assert status == 404
     status, _ = _post(deployment, "some-other-model")
@@ -196,6 +200,7 @@ def test_known_but_invalid_or_incompatible_adapters_are_422_with_the_reason(
 ) -> None:
     status, body = _post(deployment, f"{MODEL_ID}:wide")
     assert status == 422
+    assert body["error"]["type"] == "RankTooHigh"
     assert "rank 16" in body["error"]["message"]
     assert "max_lora_rank 8" in body["error"]["message"]
     status, body = _post(deployment, f"{MODEL_ID}:broken")
@@ -206,7 +211,8 @@ def test_known_but_invalid_or_incompatible_adapters_are_422_with_the_reason(
 def test_storage_failure_is_503_with_the_cause_and_remembered(deployment: Deployment) -> None:
     status, body = _post(deployment, f"{MODEL_ID}:doomed")
     assert status == 503, body
-    assert "NotFound" in body["error"]["type"] or "gone" in body["error"]["message"]
+    assert body["error"]["type"] == "NotFound"
+    assert "gone" in body["error"]["message"]
     state = deployment.ingress_call("lorafleet_state")
     assert state["failures"] >= 1
     # Remembered: answered by the ingress without another fetch, still 503 (never 404).
@@ -219,6 +225,25 @@ def test_storage_failure_is_503_with_the_cause_and_remembered(deployment: Deploy
     catalogs.upload_s3("doomed", catalogs.root / "built" / f"doomed-{catalogs.seeds['doomed']}")
     time.sleep(FAILURE_MEMORY_S + 1)
     assert _post(deployment, f"{MODEL_ID}:doomed")[0] == 200
+
+
+def test_a_catalog_secret_that_is_gone_is_503_access_denied_until_it_is_back(
+    deployment: Deployment,
+) -> None:
+    # Every s3-loras adapter served above came through that catalog's credentialsSecretRef
+    # (the replicas have no AWS_* variables); locked-loras names a Secret deleted after sync.
+    status, body = _post(deployment, f"{MODEL_ID}:locked")
+    assert status == 503, body
+    assert body["error"]["type"] == "AccessDenied"
+    assert f"Secret default/{LOCKED_SECRET} does not exist" in body["error"]["message"]
+    assert deployment.catalogs.minio.secret_key not in json.dumps(body)
+    # Put back, it is read again (as a rotated key would be) without restarting anything.
+    deployment.catalogs.create_secret(LOCKED_SECRET)
+    _eventually(
+        lambda: _post(deployment, f"{MODEL_ID}:locked")[0] == 200,
+        STORAGE_REFRESH_SECONDS + FAILURE_MEMORY_S + 15,
+        "the adapter to be servable with its Secret back",
+    )
 
 
 def test_new_adapter_in_storage_becomes_servable_without_restart(deployment: Deployment) -> None:

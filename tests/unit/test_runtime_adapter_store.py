@@ -11,6 +11,7 @@ import pytest
 
 from lorafleet_runtime.adapter_directory import (
     AdapterDirectory,
+    CatalogStorage,
     DirectoryIndexSource,
     write_index_directory,
     write_storage_options,
@@ -19,6 +20,7 @@ from lorafleet_runtime.adapter_storage import AdapterStorageError, LocalFileSour
 from lorafleet_runtime.adapter_store import PARTIAL_PREFIX, AdapterStore
 from lorafleet_runtime.catalog_index import AdapterRecord
 from lorafleet_runtime.contract import CatalogRef
+from lorafleet_runtime.storage_common import StorageCredentials
 
 
 def _adapter(root: Path, name: str, payload: bytes) -> AdapterRecord:
@@ -159,3 +161,31 @@ def test_directory_index_merges_catalogs_and_tracks_changes(tmp_path: Path) -> N
     write_index_directory(index, "c2", "ns", "file:///b2", second[:1])
     assert asyncio.run(directory.refresh())
     assert directory.lookup("z") is None
+
+
+def test_changed_storage_options_are_picked_up_while_the_index_stays(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    write_index_directory(index, "c", "ns", "file:///b", [_adapter(tmp_path / "b", "a", b"1")])
+    write_storage_options(index, "c", "http://old:9000", None)
+    directory = AdapterDirectory(
+        catalogs=[CatalogRef(name="c", namespace="ns")],
+        source=DirectoryIndexSource(index),
+        storage_refresh_seconds=0.0,
+    )
+    assert asyncio.run(directory.refresh())
+    assert not asyncio.run(directory.refresh())  # same index, same options: nothing changed
+    write_storage_options(index, "c", "http://new:9000", None)
+    assert asyncio.run(directory.refresh())
+    found = directory.lookup("a")
+    assert found is not None and found[1].endpoint == "http://new:9000"
+
+
+def test_storage_clients_are_keyed_by_a_secret_fingerprint_that_reveals_nothing() -> None:
+    def storage(secret: str) -> CatalogStorage:
+        credentials = StorageCredentials("ns/s3", {"AWS_SECRET_ACCESS_KEY": secret})
+        return CatalogStorage(uri="s3://b/p", endpoint="http://m:9000", credentials=credentials)
+
+    old, same, rotated = storage("k-1"), storage("k-1"), storage("k-2")
+    assert old.client_key == same.client_key
+    assert old.client_key != rotated.client_key  # a rotated key gets a new SDK client
+    assert "k-1" not in repr(old) and "k-1" not in str(old.client_key)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lorafleet_operator.errors import AccessDeniedError
-from lorafleet_operator.storage import StorageCredentials, scrub
-from lorafleet_operator.storage.credentials import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY
+from lorafleet_operator.model.adaptercatalog import CatalogSource
+from lorafleet_operator.storage import StorageCredentials, open_storage, scrub
+from lorafleet_operator.storage.credentials import (
+    S3_ACCESS_KEY_ID,
+    S3_SECRET_ACCESS_KEY,
+    CredentialsError,
+)
 
 
 def test_known_secret_values_and_credential_shapes_are_redacted() -> None:
@@ -36,9 +43,11 @@ def test_credentials_do_not_print_their_values() -> None:
 
 def test_a_secret_without_s3_keys_is_access_denied_naming_the_keys() -> None:
     creds = StorageCredentials(secret_name="demo/empty", data={"other": "x"})
-    try:
+    with pytest.raises(CredentialsError) as caught:
         creds.s3_keys()
-    except AccessDeniedError as err:
-        assert "AWS_ACCESS_KEY_ID" in err.message and err.reason == "AccessDenied"
-    else:
-        raise AssertionError("expected AccessDeniedError")
+    assert "AWS_ACCESS_KEY_ID" in str(caught.value) and caught.value.reason == "AccessDenied"
+    # The operator's storage turns it into its AccessDenied error (a status reason).
+    location = CatalogSource.model_validate({"uri": "s3://bucket/prefix"})
+    with pytest.raises(AccessDeniedError) as denied:
+        open_storage(location, creds)
+    assert "AWS_SECRET_ACCESS_KEY" in denied.value.message

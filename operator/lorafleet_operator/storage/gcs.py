@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import requests
 from google.api_core import exceptions as api_exceptions
 from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import storage as gcs
 from google.cloud.storage.retry import DEFAULT_RETRY
-from google.oauth2 import service_account
 
 from lorafleet_operator.adapters import StoredObject
 from lorafleet_operator.errors import (
@@ -22,6 +20,12 @@ from lorafleet_operator.errors import (
 from lorafleet_operator.model.adaptercatalog import StorageLocation
 from lorafleet_operator.storage.base import DEFAULT_CONCURRENCY, ThreadedStorage
 from lorafleet_operator.storage.credentials import StorageCredentials
+from lorafleet_runtime.storage_common import (
+    ACCESS_DENIED,
+    NOT_FOUND,
+    CredentialsError,
+    gcs_error_reason,
+)
 
 # GCS calls retry transient errors on their own (google.api_core retry); a bounded timeout
 # keeps one sync from hanging when the endpoint is gone.
@@ -49,15 +53,10 @@ class GcsStorage(ThreadedStorage):
         if endpoint:
             kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
         if credentials is not None:
-            info = credentials.gcs_service_account()
             try:
-                from_info: Any = service_account.Credentials.from_service_account_info
-                kwargs["credentials"] = from_info(info)
-            except (ValueError, KeyError):
-                raise AccessDeniedError(
-                    f"Secret {credentials.secret_name}: not a service-account key"
-                ) from None
-            kwargs["project"] = info.get("project_id")
+                kwargs.update(credentials.gcs_client_kwargs())
+            except CredentialsError as err:
+                raise AccessDeniedError(str(err)) from None
         # Client() itself may look up default credentials (ADC, Workload Identity).
         try:
             self._client = gcs.Client(**kwargs)
@@ -96,23 +95,17 @@ class GcsStorage(ThreadedStorage):
 
     def _classify(self, err: Exception) -> StorageError | None:
         where = self.describe()
-        if isinstance(err, api_exceptions.Unauthorized | api_exceptions.Forbidden):
-            return AccessDeniedError(f"GCS refused access to {where}: {err.message}")
-        if isinstance(err, api_exceptions.NotFound):
-            return StorageNotFoundError(f"GCS object or bucket not found at {where}: {err.message}")
+        reason = gcs_error_reason(err)
+        if reason is None:
+            return None
         if isinstance(err, api_exceptions.GoogleAPICallError):
-            return StorageUnreachableError(f"GCS failed for {where}: {err.message}")
-        if isinstance(err, auth_exceptions.RefreshError | auth_exceptions.DefaultCredentialsError):
-            return AccessDeniedError(f"GCS credentials rejected for {where}: {err}")
-        if isinstance(
-            err,
-            requests.exceptions.RequestException
-            | auth_exceptions.TransportError
-            | api_exceptions.RetryError
-            | ConnectionError
-            | TimeoutError,
-        ):
-            return StorageUnreachableError(
-                f"GCS endpoint unreachable for {where}: {type(err).__name__}"
-            )
-        return None
+            detail = str(err.message)
+        elif isinstance(err, auth_exceptions.GoogleAuthError):
+            detail = str(err)
+        else:
+            detail = type(err).__name__
+        if reason == ACCESS_DENIED:
+            return AccessDeniedError(f"GCS refused access to {where}: {detail}")
+        if reason == NOT_FOUND:
+            return StorageNotFoundError(f"GCS object or bucket not found at {where}: {detail}")
+        return StorageUnreachableError(f"GCS failed or unreachable for {where}: {detail}")

@@ -13,6 +13,7 @@ from lorafleet_operator.errors import (
     StorageUnreachableError,
 )
 from lorafleet_operator.storage.base import ThreadedStorage
+from lorafleet_runtime.storage_common import ACCESS_DENIED, NOT_FOUND, os_error_reason
 
 
 class LocalStorage(ThreadedStorage):
@@ -51,10 +52,12 @@ class LocalStorage(ThreadedStorage):
             return handle.read(max_bytes + 1)
 
     def _classify(self, err: Exception) -> StorageError | None:
-        if isinstance(err, FileNotFoundError):
-            return StorageNotFoundError(f"{err.filename or self.root} does not exist")
-        if isinstance(err, PermissionError):
-            return AccessDeniedError(f"permission denied reading {err.filename or self.root}")
-        if isinstance(err, OSError):
-            return StorageUnreachableError(f"reading {self.root} failed: {err.strerror or err}")
-        return None
+        reason = os_error_reason(err)
+        if reason is None or not isinstance(err, OSError):
+            return None
+        where = err.filename or self.root
+        if reason == NOT_FOUND:
+            return StorageNotFoundError(f"{where} does not exist")
+        if reason == ACCESS_DENIED:
+            return AccessDeniedError(f"permission denied reading {where}")
+        return StorageUnreachableError(f"reading {self.root} failed: {err.strerror or err}")

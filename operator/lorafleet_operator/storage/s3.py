@@ -36,20 +36,13 @@ from lorafleet_operator.model.adaptercatalog import StorageLocation
 from lorafleet_operator.storage.base import DEFAULT_CONCURRENCY, AdapterStorage
 from lorafleet_operator.storage.credentials import StorageCredentials
 from lorafleet_operator.storage.sigv4 import Credentials, ObjectUrlSigner
-
-_ACCESS_DENIED_CODES: Final = frozenset(
-    {
-        "AccessDenied",
-        "AllAccessDisabled",
-        "ExpiredToken",
-        "InvalidAccessKeyId",
-        "InvalidToken",
-        "SignatureDoesNotMatch",
-        "TokenRefreshRequired",
-        "InvalidClientTokenId",
-    }
+from lorafleet_runtime.storage_common import (
+    ACCESS_DENIED,
+    NOT_FOUND,
+    CredentialsError,
+    s3_code_reason,
 )
-_NOT_FOUND_CODES: Final = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound"})
+
 _RETRY_CODES: Final = frozenset({"SlowDown", "Throttling", "RequestTimeout", "InternalError"})
 _REGION_CODES: Final = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed"})
 # The default region when an S3-compatible endpoint is named without one (MinIO's default).
@@ -93,7 +86,10 @@ class S3Storage(AdapterStorage):
             concurrency=concurrency,
             secrets=credentials.secret_values() if credentials else (),
         )
-        self._keys = credentials.s3_keys() if credentials else {}
+        try:
+            self._keys = credentials.s3_keys() if credentials else {}
+        except CredentialsError as err:
+            raise AccessDeniedError(str(err)) from None
         self._endpoint = endpoint
         self._region = region or (_ENDPOINT_DEFAULT_REGION if endpoint else None)
         # A session per storage (boto3's default session is shared process state); with the
@@ -302,9 +298,10 @@ class S3Storage(AdapterStorage):
 
     def _classify(self, status: int, code: str, message: str) -> StorageError:
         where = self.describe()
-        if code in _ACCESS_DENIED_CODES or status in (401, 403):
+        reason = s3_code_reason(code)
+        if reason == ACCESS_DENIED or status in (401, 403):
             return AccessDeniedError(f"S3 refused access to {where}: {code}: {message}")
-        if code in _NOT_FOUND_CODES or status == 404:
+        if reason == NOT_FOUND or status == 404:
             what = "bucket" if code == "NoSuchBucket" else "object"
             return StorageNotFoundError(f"S3 {what} not found at {where}: {code}: {message}")
         if code in _RETRY_CODES or status >= 500:
