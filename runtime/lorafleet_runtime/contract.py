@@ -44,6 +44,8 @@ MANAGED_ENGINE_KWARGS: Final[frozenset[str]] = frozenset(
         "tensor_parallel_size",
         "dtype",
         "gpu_memory_utilization",
+        # The runtime's own worker extension (GPU-slot residency reports).
+        "worker_extension_cls",
     }
 )
 

@@ -9,6 +9,8 @@ from lorafleet_runtime.contract import RuntimeArgs
 
 SERVER_CLS: Final = "lorafleet_runtime.server:LoraFleetServer"
 INGRESS_CLS: Final = "lorafleet_runtime.ingress:LoraFleetIngress"
+# vLLM resolves this by qualified name inside its workers (dots, not a colon).
+WORKER_EXTENSION_CLS: Final = "lorafleet_runtime.vllm_worker.LoraSlotsExtension"
 # Where the replica finds its RuntimeArgs: LLMConfig.experimental_configs is Ray Serve LLM's
 # free-form dict that reaches the server class unchanged.
 EXPERIMENTAL_KEY: Final = "lorafleet_args"
@@ -20,6 +22,7 @@ def engine_kwargs(args: RuntimeArgs) -> dict[str, Any]:
     engine = args.engine
     kwargs: dict[str, Any] = dict(engine.extra_engine_kwargs)
     kwargs.update(
+        worker_extension_cls=WORKER_EXTENSION_CLS,
         enable_lora=True,
         max_loras=engine.max_loras,
         max_lora_rank=engine.max_lora_rank,

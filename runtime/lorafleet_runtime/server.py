@@ -305,25 +305,55 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
 
     # ----------------------------------------------------------------- residency
     async def residency(self) -> dict[str, Any]:
-        """Where each adapter is on this replica: registered in the engine (vLLM's LoRA slots
-        and CPU cache), held by Serve's multiplex LRU, and on local disk."""
+        """Where each adapter is on this replica.
+
+        - ``gpu``: in one of vLLM's ``max_loras`` GPU slots (a batch used it and it was not
+          swapped out since); ``cpu``: registered in vLLM (its host-memory LoRA cache) without
+          a slot. Both None when the workers cannot tell (another vLLM version).
+        - ``engine``: everything registered in vLLM (``gpu`` + ``cpu``); ``multiplexed``: Ray
+          Serve's multiplex LRU, which registers and unregisters exactly these, so the two
+          agree (``max_loras`` sized); ``disk``: verified folders in the local cache."""
         engine: Any = self.engine
-        registered: list[str] = []
-        if engine is not None and getattr(engine, "_engine_client", None) is not None:
-            ids = await engine._engine_client.list_loras()
+        registered: dict[int, str] = {}
+        slotted: set[int] | None = set()
+        client = getattr(engine, "_engine_client", None) if engine is not None else None
+        if client is not None:
+            ids = await client.list_loras()
             by_id = {
                 lora.lora_int_id: name for name, lora in engine._oai_models.lora_requests.items()
             }
-            registered = sorted(
-                split_model(by_id[i], self._args.model_id)[1] or by_id[i] for i in ids if i in by_id
-            )
+            registered = {
+                i: split_model(by_id[i], self._args.model_id)[1] or by_id[i]
+                for i in ids
+                if i in by_id
+            }
+            slotted = await self._gpu_slots(client)
+        gpu = None if slotted is None else sorted(n for i, n in registered.items() if i in slotted)
+        cpu = (
+            None
+            if slotted is None
+            else sorted(n for i, n in registered.items() if i not in slotted)
+        )
         return {
-            "engine": registered,
+            "gpu": gpu,
+            "cpu": cpu,
+            "engine": sorted(registered.values()),
             "multiplexed": sorted(self._resident),
             "disk": sorted(entry.name for entry in self._store.cached()),
             "disk_bytes": self._store.used_bytes,
             "max_loras": self._args.engine.max_loras,
         }
+
+    async def _gpu_slots(self, client: Any) -> set[int] | None:
+        """LoRA ids in GPU slots on any worker of this engine (vllm_worker.py)."""
+        try:
+            answers = await client.collective_rpc("lorafleet_lora_slots", timeout=10)
+        except Exception as err:  # noqa: BLE001 - a report, not a request: say unknown
+            log.debug("GPU slot query failed: %s", err)
+            return None
+        if any(answer is None for answer in answers):
+            return None
+        return {int(i) for answer in answers for i in answer}
 
     async def record_routing_stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = dict(await super().record_routing_stats())

@@ -164,8 +164,12 @@ def test_more_adapters_than_max_loras_rotate_and_vllm_unloads_evicted_ones(
         assert len(residency["engine"]) <= MAX_LORAS, residency
         assert len(residency["multiplexed"]) <= MAX_LORAS, residency
         assert name in residency["engine"]
+        # The batch that just used it put it into a GPU slot (vLLM's workers say so).
+        assert name in residency["gpu"], residency
+        assert sorted(residency["gpu"] + residency["cpu"]) == sorted(residency["engine"])
     residency = deployment.server_call("residency")
     assert sorted(residency["engine"]) == ["a0", "a2"]
+    assert sorted(residency["gpu"]) == ["a0", "a2"]  # evicted ones left their slots too
     # Evicted from the engine, still on local disk for a quick reload.
     assert {"g1", "l1"} <= set(residency["disk"])
     # The same view reaches request routers through Serve's routing stats.

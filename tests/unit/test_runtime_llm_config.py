@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
+
+import pytest
 
 from lorafleet_runtime.contract import RuntimeArgs
 from lorafleet_runtime.llm_config import llm_config_dict, serving_args
@@ -45,6 +48,20 @@ def test_seed_compatible_fields_pass_through() -> None:
     }
     assert config["accelerator_type"] == "L4"
     assert "placement_group_config" not in config
+
+
+def test_workers_get_the_slot_reporting_extension_and_users_cannot_replace_it() -> None:
+    config = llm_config_dict(_args())
+    qualname = config["engine_kwargs"]["worker_extension_cls"]
+    module, _, name = qualname.rpartition(".")
+    assert getattr(importlib.import_module(module), name).lorafleet_lora_slots
+    engine = {
+        "max_loras": 4,
+        "max_lora_rank": 16,
+        "extra_engine_kwargs": {"worker_extension_cls": "my.Ext"},
+    }
+    with pytest.raises(ValueError, match="worker_extension_cls"):
+        _args(engine=engine)
 
 
 def test_no_bucket_path_adapters_come_from_the_catalogs() -> None:
