@@ -15,6 +15,7 @@ from lorafleet_operator.local_serve import (
     local_runtime_args,
     missing_catalogs,
     pick_documents,
+    publish,
 )
 from lorafleet_testbed.toolchain import REPO_ROOT
 
@@ -73,3 +74,31 @@ def test_with_the_example_catalog_nothing_is_missing(tmp_path: Path) -> None:
     catalogs = {"support-adapters": LocalCatalog(given["support-adapters"])}
     args = local_runtime_args(model_obj, catalogs, index_dir=tmp_path, model_source=None, cpu=True)
     assert args.engine.max_lora_rank == DEFAULT_MAX_LORA_RANK
+
+
+def test_a_failed_rescan_keeps_the_last_good_adapters(tmp_path: Path) -> None:
+    folder = tmp_path / "adapters" / "support-v1"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}'
+    )
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    catalog_obj = {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "AdapterCatalog",
+        "metadata": {"name": "local"},
+        "spec": {"source": {"uri": f"file://{tmp_path / 'adapters'}"}},
+    }
+    _, given = pick_documents([*_docs("lora-model.yaml"), catalog_obj])
+    local = LocalCatalog(given["local"])
+    local.rescan()
+    assert local.records is not None and [r.name for r in local.records] == ["support-v1"]
+    (tmp_path / "adapters").rename(tmp_path / "gone")  # the volume disappears
+    local.rescan()
+    assert [r.name for r in local.records] == ["support-v1"]
+
+
+def test_a_catalog_never_scanned_has_no_index(tmp_path: Path) -> None:
+    _, given = pick_documents(_docs("lora-model.yaml", "adapter-catalog.yaml"))
+    publish(tmp_path, {"support-adapters": LocalCatalog(given["support-adapters"])})
+    assert list(tmp_path.iterdir()) == []  # not an empty index: none at all
