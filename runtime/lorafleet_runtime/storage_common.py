@@ -66,8 +66,7 @@ def gcs_error_reason(err: BaseException) -> str | None:
         api_exceptions.GoogleAPIError
         | requests.exceptions.RequestException
         | auth_exceptions.TransportError
-        | ConnectionError
-        | TimeoutError,
+        | OSError,  # connection resets and timeouts while a blob streams
     ):
         return UNREACHABLE
     return None
