@@ -42,6 +42,10 @@ DEFAULT_REFRESH_SECONDS: Final = 2.0
 STORAGE_REFRESH_SECONDS: Final = 30.0
 
 
+# (scheme, endpoint, region, Secret fingerprint): what makes two storages share an SDK client.
+ClientKey = tuple[str, str | None, str | None, str | None]
+
+
 @dataclass(frozen=True)
 class StorageOptions:
     """How to reach a catalog's storage, from its AdapterCatalog: endpoint, region and the
@@ -67,7 +71,7 @@ class CatalogStorage:
     credentials_error: str | None = None
 
     @property
-    def client_key(self) -> tuple[str, str | None, str | None, str | None]:
+    def client_key(self) -> ClientKey:
         """Storages with the same key share one SDK client (a rotated Secret gets a new one)."""
         secret = self.credentials.fingerprint() if self.credentials else None
         return (self.uri.split("://", 1)[0], self.endpoint, self.region, secret)
@@ -244,6 +248,9 @@ class AdapterDirectory:
     source: IndexSource
     refresh_seconds: float = DEFAULT_REFRESH_SECONDS
     storage_refresh_seconds: float = STORAGE_REFRESH_SECONDS
+    # False where nothing is downloaded (the ingress): no AdapterCatalog or Secret reads, so
+    # that deployment needs no access to credentials.
+    read_storage_options: bool = True
     _indexes: dict[str, CatalogIndex] = field(default_factory=dict)
     _merged: dict[str, tuple[AdapterRecord, CatalogStorage]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
@@ -289,7 +296,8 @@ class AdapterDirectory:
         manifest = parse_manifest(text)
         current = self._indexes.get(catalog.name)
         if current is not None and current.digest == manifest.digest:
-            if time.monotonic() - current.storage_read_at < self.storage_refresh_seconds:
+            stale = time.monotonic() - current.storage_read_at >= self.storage_refresh_seconds
+            if not (stale and self.read_storage_options):
                 return False
             # The AdapterCatalog's endpoint or its Secret may have changed (a rotated key).
             storage = await self._storage(catalog, manifest.uri)
@@ -314,6 +322,8 @@ class AdapterDirectory:
         return True
 
     async def _storage(self, catalog: CatalogRef, uri: str) -> CatalogStorage:
+        if not self.read_storage_options:
+            return CatalogStorage(uri=uri)
         options = await self.source.storage_options(catalog)
         if options.credentials_error:
             log.warning("Catalog %s: %s", catalog.name, options.credentials_error)

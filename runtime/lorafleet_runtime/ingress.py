@@ -67,7 +67,9 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         self._args = RuntimeArgs.from_serve_args(lorafleet_args)
         self._directory = AdapterDirectory(
-            catalogs=self._args.catalogs, source=open_index_source(self._args.catalog_index_dir)
+            catalogs=self._args.catalogs,
+            source=open_index_source(self._args.catalog_index_dir),
+            read_storage_options=False,  # the ingress downloads nothing
         )
         ttl = self._args.failure_memory_s
         self._failures = FailureMemory(ttl_seconds=DEFAULT_TTL_SECONDS if ttl is None else ttl)

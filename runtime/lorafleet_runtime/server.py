@@ -24,7 +24,12 @@ from ray import serve
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
 from ray.serve.llm.deployment import LLMServer
 
-from lorafleet_runtime.adapter_directory import AdapterDirectory, CatalogStorage, open_index_source
+from lorafleet_runtime.adapter_directory import (
+    AdapterDirectory,
+    CatalogStorage,
+    ClientKey,
+    open_index_source,
+)
 from lorafleet_runtime.adapter_storage import (
     AdapterFileSource,
     AdapterStorageError,
@@ -42,6 +47,7 @@ from lorafleet_runtime.failures import DEFAULT_TTL_SECONDS, FailureMemory
 from lorafleet_runtime.llm_config import EXPERIMENTAL_KEY
 from lorafleet_runtime.metrics import RuntimeMetrics
 from lorafleet_runtime.model_ids import split_model
+from lorafleet_runtime.storage_common import ACCESS_DENIED
 
 log = logging.getLogger("lorafleet.server")
 
@@ -91,7 +97,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         )
         ttl = args.failure_memory_s
         self._failures = FailureMemory(ttl_seconds=DEFAULT_TTL_SECONDS if ttl is None else ttl)
-        self._sources: dict[tuple[str, str | None, str | None, str | None], AdapterFileSource] = {}
+        self._sources: dict[ClientKey, AdapterFileSource] = {}
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         self._resident: dict[str, ResidentAdapter] = {}
         self._in_flight: dict[str, int] = {}
@@ -195,7 +201,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
     def _source(self, storage: CatalogStorage) -> AdapterFileSource:
         if storage.credentials_error:
             # A named Secret that cannot be read is not replaced by other credentials.
-            raise AdapterStorageError("AccessDenied", storage.credentials_error)
+            raise AdapterStorageError(ACCESS_DENIED, storage.credentials_error)
         key = storage.client_key
         if key not in self._sources:
             if len(self._sources) >= MAX_SOURCES:  # old keys of rotated Secrets

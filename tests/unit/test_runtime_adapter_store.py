@@ -13,6 +13,7 @@ from lorafleet_runtime.adapter_directory import (
     AdapterDirectory,
     CatalogStorage,
     DirectoryIndexSource,
+    StorageOptions,
     write_index_directory,
     write_storage_options,
 )
@@ -189,3 +190,30 @@ def test_storage_clients_are_keyed_by_a_secret_fingerprint_that_reveals_nothing(
     assert old.client_key == same.client_key
     assert old.client_key != rotated.client_key  # a rotated key gets a new SDK client
     assert "k-1" not in repr(old) and "k-1" not in str(old.client_key)
+
+
+def test_a_directory_that_downloads_nothing_never_reads_storage_options(tmp_path: Path) -> None:
+    class CountingSource(DirectoryIndexSource):
+        reads = 0
+
+        async def storage_options(self, catalog: CatalogRef) -> StorageOptions:
+            CountingSource.reads += 1
+            return await super().storage_options(catalog)
+
+    index = tmp_path / "index"
+    write_index_directory(index, "c", "ns", "file:///b", [_adapter(tmp_path / "b", "a", b"1")])
+    write_storage_options(index, "c", "http://m:9000", None)
+    refs = [CatalogRef(name="c", namespace="ns")]
+    ingress_like = AdapterDirectory(
+        catalogs=refs,
+        source=CountingSource(index),
+        storage_refresh_seconds=0.0,
+        read_storage_options=False,
+    )
+    assert asyncio.run(ingress_like.refresh())
+    assert not asyncio.run(ingress_like.refresh())
+    assert CountingSource.reads == 0
+    assert ingress_like.lookup("a") is not None
+    replica_like = AdapterDirectory(catalogs=refs, source=CountingSource(index))
+    asyncio.run(replica_like.refresh())
+    assert CountingSource.reads == 1
