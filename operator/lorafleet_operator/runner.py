@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import kopf
 
 from lorafleet_operator.model.config import OperatorConfig
+from lorafleet_operator.reconcile.state import OperatorState
 
 LOG_FORMATS = {
     "plain": kopf.LogFormat.PLAIN,
@@ -39,5 +40,6 @@ def run_operator(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness_endpoint,
-        memo=kopf.Memo(config=config, namespaces=list(namespaces)),
+        # One typed object for everything kept between events (handlers.lifecycle.state_of).
+        memo=kopf.Memo(state=OperatorState(config=config, namespaces=tuple(namespaces))),
     )

@@ -1,12 +1,12 @@
-"""``lorafleet_runtime.app:build_app``: the Serve application the operator's RayService
-imports (``serveConfigV2``), and `lorafleet serve` runs locally."""
+"""The Serve application the operator's RayService imports (``serveConfigV2``, import path
+``lorafleet_api.names.RUNTIME_IMPORT_PATH``), and `lorafleet serve` runs locally."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lorafleet_runtime.contract import RuntimeArgs
-from lorafleet_runtime.llm_config import serving_args
+from lorafleet_api.contract import RuntimeArgs
+from lorafleet_runtime.engines.vllm.config import serving_args
 
 
 def build_app(args: dict[str, Any]) -> Any:

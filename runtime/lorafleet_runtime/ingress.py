@@ -24,13 +24,13 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
 from starlette.responses import JSONResponse
 
-from lorafleet_runtime.adapter_directory import AdapterDirectory, open_index_source
-from lorafleet_runtime.admission import judge_adapter
-from lorafleet_runtime.contract import RuntimeArgs
-from lorafleet_runtime.errors import find_adapter_error
-from lorafleet_runtime.failures import DEFAULT_TTL_SECONDS, FailureMemory
+from lorafleet_api.contract import RuntimeArgs
+from lorafleet_api.naming import adapter_model_id, is_adapter_name, split_model
+from lorafleet_runtime.adapters.index import AdapterIndex, open_index_source
+from lorafleet_runtime.core.admission import judge_adapter
+from lorafleet_runtime.core.errors import find_adapter_error
+from lorafleet_runtime.core.failures import DEFAULT_TTL_SECONDS, FailureMemory
 from lorafleet_runtime.metrics import RuntimeMetrics
-from lorafleet_runtime.model_ids import adapter_model_id, plausible_adapter_name, split_model
 
 MAX_HANDLES: Final = 1024
 INDEX_WAIT_SECONDS: Final = 30.0
@@ -66,7 +66,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
     ) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         self._args = RuntimeArgs.from_serve_args(lorafleet_args)
-        self._directory = AdapterDirectory(
+        self._directory = AdapterIndex(
             catalogs=self._args.catalogs,
             source=open_index_source(self._args.catalog_index_dir),
             read_storage_options=False,  # the ingress downloads nothing
@@ -83,7 +83,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         ours, adapter = split_model(model_id, self._args.model_id)
         if not ours or adapter is None:
             return model_id
-        if not plausible_adapter_name(adapter):
+        if not is_adapter_name(adapter):
             raise http_error(
                 status.HTTP_404_NOT_FOUND,
                 "NotFoundError",

@@ -16,10 +16,11 @@ import threading
 from pathlib import Path
 from typing import Any, Final
 
+from lorafleet_api.names import SERVE_APPLICATION_NAME
+
 # Ray Serve LLM deadlocks when the engine's placement group takes every logical CPU (the
 # ingress never schedules): declare more logical CPUs than a small machine has (FACTS.md).
 MIN_LOGICAL_CPUS: Final = 8
-APP_NAME: Final = "lorafleet"
 # Passed on to the replicas: storage endpoints and credentials (standard SDK variables).
 FORWARDED_ENV: Final = (
     "AWS_ENDPOINT_URL",
@@ -51,7 +52,7 @@ def run(args_path: Path, host: str, port: int, num_cpus: int) -> None:
         include_dashboard=False,
     )
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(args), name=SERVE_APPLICATION_NAME, route_prefix="/")
     print(f"Serving on http://{host}:{port}/v1", flush=True)  # noqa: T201
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

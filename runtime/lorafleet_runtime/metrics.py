@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorafleet_runtime.labels import OTHER, AdapterLabels
+from lorafleet_runtime.core.labels import OTHER, AdapterLabels
 
 _PREFIX = "lorafleet_"
 

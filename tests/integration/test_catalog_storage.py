@@ -30,7 +30,7 @@ from lorafleet_operator.storage import (
     ScanResult,
     StorageCredentials,
     open_storage,
-    scan_catalog,
+    scan_source,
 )
 from lorafleet_testbed.adapter_trees import (
     MAX_ADAPTER_SIZE,
@@ -88,14 +88,7 @@ def _scan(
     credentials: StorageCredentials | None = None,
     previous: dict[str, Any] | None = None,
 ) -> ScanResult:
-    async def scan() -> ScanResult:
-        storage = open_storage(spec.source, credentials)
-        try:
-            return await scan_catalog(storage, spec, previous)
-        finally:
-            await storage.close()
-
-    return asyncio.run(scan())
+    return asyncio.run(scan_source(spec, credentials, previous))
 
 
 def _reasons(result: ScanResult) -> dict[str, str | None]:
@@ -267,7 +260,7 @@ def test_catalog_scan_command_prints_what_a_sync_records(
         "AWS_ACCESS_KEY_ID": minio.access_key,
         "AWS_SECRET_ACCESS_KEY": minio.secret_key,
     }
-    base = [sys.executable, "-m", "lorafleet_operator.cli", "catalog", "scan", s3_catalog]
+    base = [sys.executable, "-m", "lorafleet_cli.main", "catalog", "scan", s3_catalog]
     flags = ["--endpoint", minio.endpoint, "--base-model", TINY_MODEL_ID]
     flags += ["--max-adapter-size", MAX_ADAPTER_SIZE]
     out = subprocess.run([*base, *flags, "-o", "json"], env=env, capture_output=True, text=True)

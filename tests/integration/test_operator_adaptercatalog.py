@@ -15,15 +15,14 @@ from typing import Any
 
 import pytest
 
-from lorafleet_operator.constants import ANNOTATION_SYNC_REQUESTED
-from lorafleet_runtime.catalog_index import (
-    LABEL_CATALOG,
+from lorafleet_api.catalog_index import (
     MANIFEST_KEY,
     SHARD_KEY,
     IndexFormatError,
     manifest_name,
     read_index,
 )
+from lorafleet_api.names import ANNOTATION_SYNC_REQUESTED, LABEL_CATALOG
 from lorafleet_testbed.adapter_trees import (
     MAX_ADAPTER_SIZE,
     TINY_MODEL_ID,

@@ -26,7 +26,7 @@ from lorafleet_operator.builders import render_rayservice
 from lorafleet_operator.builders.catalog_index import render_index_configmaps
 from lorafleet_operator.model.adaptercatalog import AdapterCatalog
 from lorafleet_operator.model.config import OperatorConfig
-from lorafleet_operator.storage import StorageCredentials, open_storage, scan_catalog
+from lorafleet_operator.storage import StorageCredentials, scan_source
 from lorafleet_testbed import process
 from lorafleet_testbed.adapter_trees import tree_files, upload_gcs, upload_s3
 from lorafleet_testbed.controlplane import ControlPlane
@@ -153,18 +153,11 @@ class Catalogs:
                 },
             )
 
-        async def scan() -> Any:
-            storage = open_storage(catalog.spec.source, credentials)
-            try:
-                return await scan_catalog(storage, catalog.spec)
-            finally:
-                await storage.close()
-
         # The operator finds the GCS emulator the way google-cloud-storage does (no ADC here).
         if name == "gcs-loras":
             os.environ["STORAGE_EMULATOR_HOST"] = self.gcs.endpoint
         try:
-            records = asyncio.run(scan()).records
+            records = asyncio.run(scan_source(catalog.spec, credentials)).records
         finally:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         rendered = render_index_configmaps(catalog, records, "test")

@@ -13,10 +13,10 @@ import textwrap
 import time
 from pathlib import Path
 
-from lorafleet_runtime.adapter_storage import open_file_source
-from lorafleet_runtime.adapter_store import PARTIAL_PREFIX, AdapterStore
-from lorafleet_runtime.catalog_index import AdapterRecord
-from lorafleet_runtime.storage_common import StorageCredentials
+from lorafleet_api.catalog_index import AdapterRecord
+from lorafleet_api.storage import StorageCredentials
+from lorafleet_runtime.adapters.disk_cache import PARTIAL_PREFIX, AdapterDiskCache
+from lorafleet_runtime.adapters.remote_files import open_file_source
 from lorafleet_testbed.storage import MinioServer
 
 BUCKET = "killed-download"
@@ -28,8 +28,8 @@ CHILD = textwrap.dedent(
     import asyncio, json, sys, time
     from pathlib import Path
     from lorafleet_runtime import adapter_storage
-    from lorafleet_runtime.adapter_store import AdapterStore
-    from lorafleet_runtime.catalog_index import AdapterRecord
+    from lorafleet_runtime.adapters.disk_cache import AdapterDiskCache
+    from lorafleet_api.catalog_index import AdapterRecord
 
     adapter_storage.CHUNK_BYTES = 256 * 1024
     record = AdapterRecord.model_validate_json(sys.argv[2])
@@ -49,7 +49,7 @@ CHILD = textwrap.dedent(
 
     source._open = lambda uri: Slow(opened(uri))
     print("started", flush=True)
-    asyncio.run(AdapterStore(Path(sys.argv[1])).ensure(record, source))
+    asyncio.run(AdapterDiskCache(Path(sys.argv[1])).ensure(record, source))
     """
 )
 
@@ -111,7 +111,7 @@ def test_killed_download_leaves_nothing_loadable(minio: MinioServer, tmp_path: P
     # Only the partial folder is there: no <name>@<revision> folder a replica would load.
     assert [p.name.startswith(PARTIAL_PREFIX) for p in cache.iterdir()] == [True]
 
-    store = AdapterStore(cache)  # a restarted replica
+    store = AdapterDiskCache(cache)  # a restarted replica
     assert list(cache.iterdir()) == []
     # This time with the keys as a catalog's credentials Secret hands them over.
     credentials = StorageCredentials(

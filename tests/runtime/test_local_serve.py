@@ -69,7 +69,7 @@ def test_lorafleet_serve_runs_the_example_on_local_ray(tmp_path: Path) -> None:
     adapters = tmp_path / "tiny" / "adapters"
     port = process.free_port()
     log = (tmp_path / "serve.log").open("w")
-    argv = [sys.executable, "-m", "lorafleet_operator.cli", "serve", "-f", str(EXAMPLE)]
+    argv = [sys.executable, "-m", "lorafleet_cli.main", "serve", "-f", str(EXAMPLE)]
     options = ["-f", str(catalog_file), "--port", str(port), "--rescan-seconds", "2"]
     proc = subprocess.Popen(
         [*argv, *options],

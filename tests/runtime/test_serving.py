@@ -13,7 +13,7 @@ from typing import Any
 import openai
 import pytest
 
-from lorafleet_runtime.adapter_directory import STORAGE_REFRESH_SECONDS
+from lorafleet_runtime.adapters.index import STORAGE_REFRESH_SECONDS
 
 from .conftest import (
     FAILURE_MEMORY_S,

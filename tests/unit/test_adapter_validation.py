@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from lorafleet_api.naming import invalid_adapter_name_reason
 from lorafleet_operator.adapters import (
     REASONS,
     StoredObject,
     group_folders,
-    invalid_name_reason,
     validate_adapter,
 )
 from lorafleet_operator.adapters.validation import MAX_CONFIG_BYTES
@@ -160,7 +160,7 @@ def test_without_a_catalog_base_model_any_base_is_accepted() -> None:
 
 @pytest.mark.parametrize("name", ["support-v2", "A_b.c-1", "x" * 128, "0"])
 def test_safe_names_are_accepted(name: str) -> None:
-    assert invalid_name_reason(name) is None
+    assert invalid_adapter_name_reason(name) is None
 
 
 def test_a_reupload_is_a_new_revision() -> None:

@@ -7,11 +7,7 @@ import json
 
 import pytest
 
-from lorafleet_operator.builders import render_index_configmaps
-from lorafleet_operator.model.adaptercatalog import AdapterCatalog
-from lorafleet_runtime.catalog_index import (
-    LABEL_CATALOG,
-    LABEL_INDEX_PART,
+from lorafleet_api.catalog_index import (
     MANIFEST_KEY,
     SHARD_KEY,
     AdapterFile,
@@ -21,6 +17,9 @@ from lorafleet_runtime.catalog_index import (
     read_index,
     shard_name,
 )
+from lorafleet_api.names import LABEL_CATALOG, LABEL_CATALOG_INDEX_PART
+from lorafleet_operator.builders import render_index_configmaps
+from lorafleet_operator.model.adaptercatalog import AdapterCatalog
 
 CONFIGMAP_LIMIT = 1024 * 1024
 
@@ -86,7 +85,7 @@ def test_names_labels_and_owner_follow_the_documented_scheme() -> None:
     for cm in [rendered.manifest_configmap, *rendered.shard_configmaps]:
         labels = cm["metadata"]["labels"]
         assert labels[LABEL_CATALOG] == "support"
-        assert labels[LABEL_INDEX_PART] in ("manifest", "shard")
+        assert labels[LABEL_CATALOG_INDEX_PART] in ("manifest", "shard")
         (owner,) = cm["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"]) == (
             "AdapterCatalog",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from lorafleet_api.catalog_index import AdapterRecord, build_index
 from lorafleet_operator.model import CatalogSnapshot
 from lorafleet_operator.status import failed_status, synced_status
-from lorafleet_runtime.catalog_index import AdapterRecord, build_index
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

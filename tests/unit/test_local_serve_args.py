@@ -9,14 +9,14 @@ from typing import Any
 
 import yaml
 
-from lorafleet_operator.constants import DEFAULT_MAX_LORA_RANK
-from lorafleet_operator.local_serve import (
+from lorafleet_cli.local_serve import (
     LocalCatalog,
     local_runtime_args,
     missing_catalogs,
     pick_documents,
     publish,
 )
+from lorafleet_operator.constants import DEFAULT_MAX_LORA_RANK
 from lorafleet_testbed.toolchain import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"

@@ -9,14 +9,15 @@ from typing import Any, get_args
 
 import pytest
 
-from lorafleet_operator.constants import (
+from lorafleet_api import naming
+from lorafleet_api.contract import SUPPORTED_MAX_LORA_RANKS, Dtype, RouterPolicy
+from lorafleet_api.names import (
     API_GROUP,
     API_VERSION,
     LORAMODEL_KIND,
     LORAMODEL_PLURAL,
 )
 from lorafleet_operator.model import loramodel as model_module
-from lorafleet_runtime.contract import SUPPORTED_MAX_LORA_RANKS, Dtype, RouterPolicy
 
 # The one place free-form data is allowed: vLLM engine arguments passed through as written.
 PRESERVE_UNKNOWN_ALLOWED = {"spec.engine.extraArgs"}
@@ -213,7 +214,7 @@ def test_crd_rules_and_operator_validation_use_the_same_patterns(
         + [n["pattern"] for _, n in schema_nodes(loramodel_schema, "") if "pattern" in n]
     )
     for pattern in (
-        model_module.DNS1035_LABEL,
+        naming.DNS1035_LABEL,
         model_module.DNS1123_SUBDOMAIN,
         model_module.MODEL_ID,
         model_module.BASE_MODEL_SOURCE,

@@ -10,7 +10,7 @@ import jsonschema
 import yaml
 from click.testing import CliRunner
 
-from lorafleet_operator.cli import main
+from lorafleet_cli.main import main
 from lorafleet_testbed.toolchain import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"

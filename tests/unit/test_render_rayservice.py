@@ -12,17 +12,13 @@ import jsonschema
 import pytest
 import yaml
 
+from lorafleet_api.contract import RuntimeArgs
+from lorafleet_api.names import ANNOTATION_SPEC_HASH, LABEL_LORAMODEL, RUNTIME_IMPORT_PATH
 from lorafleet_operator.builders import dump_manifest, render_rayservice
 from lorafleet_operator.builders.names import rayservice_name
-from lorafleet_operator.constants import (
-    ANNOTATION_SPEC_HASH,
-    DEFAULT_RUNTIME_IMAGE,
-    LABEL_LORAMODEL,
-    RUNTIME_IMPORT_PATH,
-)
+from lorafleet_operator.constants import DEFAULT_RUNTIME_IMAGE
 from lorafleet_operator.errors import InvalidSpecError
 from lorafleet_operator.model import AdapterRank, CatalogSnapshot, OperatorConfig
-from lorafleet_runtime.contract import RuntimeArgs
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 CONFIG = OperatorConfig()

@@ -9,19 +9,19 @@ from typing import IO
 
 import pytest
 
-from lorafleet_runtime.adapter_directory import (
-    AdapterDirectory,
+from lorafleet_api.catalog_index import AdapterRecord
+from lorafleet_api.contract import CatalogRef
+from lorafleet_api.storage import StorageCredentials
+from lorafleet_runtime.adapters.disk_cache import PARTIAL_PREFIX, AdapterDiskCache
+from lorafleet_runtime.adapters.index import (
+    AdapterIndex,
     CatalogStorage,
     DirectoryIndexSource,
     StorageOptions,
     write_index_directory,
     write_storage_options,
 )
-from lorafleet_runtime.adapter_storage import AdapterStorageError, LocalFileSource
-from lorafleet_runtime.adapter_store import PARTIAL_PREFIX, AdapterStore
-from lorafleet_runtime.catalog_index import AdapterRecord
-from lorafleet_runtime.contract import CatalogRef
-from lorafleet_runtime.storage_common import StorageCredentials
+from lorafleet_runtime.adapters.remote_files import AdapterStorageError, LocalFileSource
 
 
 def _adapter(root: Path, name: str, payload: bytes) -> AdapterRecord:
@@ -56,7 +56,7 @@ class CountingSource(LocalFileSource):
 
 def test_download_is_verified_and_renamed_into_place(tmp_path: Path) -> None:
     record = _adapter(tmp_path / "bucket", "a", b"w" * 100)
-    store = AdapterStore(tmp_path / "cache")
+    store = AdapterDiskCache(tmp_path / "cache")
     report = asyncio.run(store.ensure(record, LocalFileSource()))
     assert report.downloaded_bytes == record.size_bytes
     assert (report.adapter.path / "adapter_model.safetensors").read_bytes() == b"w" * 100
@@ -66,7 +66,7 @@ def test_download_is_verified_and_renamed_into_place(tmp_path: Path) -> None:
 def test_size_mismatch_is_never_loadable(tmp_path: Path) -> None:
     record = _adapter(tmp_path / "bucket", "a", b"w" * 100)
     (tmp_path / "bucket" / "a" / "adapter_model.safetensors").write_bytes(b"short")
-    store = AdapterStore(tmp_path / "cache")
+    store = AdapterDiskCache(tmp_path / "cache")
     with pytest.raises(AdapterStorageError) as err:
         asyncio.run(store.ensure(record, LocalFileSource()))
     assert err.value.reason == "Corrupt"
@@ -77,7 +77,7 @@ def test_size_mismatch_is_never_loadable(tmp_path: Path) -> None:
 def test_missing_files_are_a_storage_error_not_a_404(tmp_path: Path) -> None:
     record = _adapter(tmp_path / "bucket", "a", b"w" * 10)
     (tmp_path / "bucket" / "a" / "adapter_model.safetensors").unlink()
-    store = AdapterStore(tmp_path / "cache", tries=1)
+    store = AdapterDiskCache(tmp_path / "cache", tries=1)
     with pytest.raises(AdapterStorageError) as err:
         asyncio.run(store.ensure(record, LocalFileSource()))
     assert err.value.reason == "NotFound"
@@ -89,13 +89,13 @@ def test_leftovers_of_a_killed_download_are_removed_at_start(tmp_path: Path) -> 
     leftover = cache / f"{PARTIAL_PREFIX}dead"
     leftover.mkdir(parents=True)
     (leftover / "adapter_model.safetensors").write_bytes(b"half")
-    AdapterStore(cache)
+    AdapterDiskCache(cache)
     assert not leftover.exists()
 
 
 def test_transfer_timeout_is_real(tmp_path: Path) -> None:
     record = _adapter(tmp_path / "bucket", "a", b"w" * 10)
-    store = AdapterStore(tmp_path / "cache", timeout_seconds=0.05, tries=1)
+    store = AdapterDiskCache(tmp_path / "cache", timeout_seconds=0.05, tries=1)
     with pytest.raises(AdapterStorageError) as err:
         asyncio.run(store.ensure(record, CountingSource(delay=0.2)))
     assert err.value.reason == "Timeout"
@@ -104,7 +104,7 @@ def test_transfer_timeout_is_real(tmp_path: Path) -> None:
 
 def test_concurrent_requests_for_one_adapter_share_one_download(tmp_path: Path) -> None:
     record = _adapter(tmp_path / "bucket", "a", b"w" * 10)
-    store = AdapterStore(tmp_path / "cache")
+    store = AdapterDiskCache(tmp_path / "cache")
     source = CountingSource(delay=0.05)
 
     async def many() -> None:
@@ -116,7 +116,7 @@ def test_concurrent_requests_for_one_adapter_share_one_download(tmp_path: Path) 
 
 def test_new_revision_replaces_the_old_folder(tmp_path: Path) -> None:
     bucket = tmp_path / "bucket"
-    store = AdapterStore(tmp_path / "cache")
+    store = AdapterDiskCache(tmp_path / "cache")
     old = asyncio.run(store.ensure(_adapter(bucket, "a", b"old-weights"), LocalFileSource()))
     new_record = _adapter(bucket, "a", b"new-weights!")
     new = asyncio.run(store.ensure(new_record, LocalFileSource()))
@@ -128,7 +128,7 @@ def test_new_revision_replaces_the_old_folder(tmp_path: Path) -> None:
 def test_disk_cache_is_bounded_in_bytes_and_spares_pinned_adapters(tmp_path: Path) -> None:
     bucket = tmp_path / "bucket"
     records = [_adapter(bucket, f"a{i}", bytes([i]) * 1000) for i in range(4)]
-    store = AdapterStore(tmp_path / "cache", max_bytes=2500)
+    store = AdapterDiskCache(tmp_path / "cache", max_bytes=2500)
     asyncio.run(store.ensure(records[0], LocalFileSource()))
     store.pin("a0")
     for record in records[1:]:
@@ -146,7 +146,7 @@ def test_directory_index_merges_catalogs_and_tracks_changes(tmp_path: Path) -> N
     write_index_directory(index, "c1", "ns", "file:///b1", first)
     write_index_directory(index, "c2", "ns", "file:///b2", second)
     write_storage_options(index, "c2", "http://minio:9000", "us-east-1")
-    directory = AdapterDirectory(
+    directory = AdapterIndex(
         catalogs=[CatalogRef(name="c1", namespace="ns"), CatalogRef(name="c2", namespace="ns")],
         source=DirectoryIndexSource(index),
     )
@@ -168,7 +168,7 @@ def test_changed_storage_options_are_picked_up_while_the_index_stays(tmp_path: P
     index = tmp_path / "index"
     write_index_directory(index, "c", "ns", "file:///b", [_adapter(tmp_path / "b", "a", b"1")])
     write_storage_options(index, "c", "http://old:9000", None)
-    directory = AdapterDirectory(
+    directory = AdapterIndex(
         catalogs=[CatalogRef(name="c", namespace="ns")],
         source=DirectoryIndexSource(index),
         storage_refresh_seconds=0.0,
@@ -204,7 +204,7 @@ def test_a_directory_that_downloads_nothing_never_reads_storage_options(tmp_path
     write_index_directory(index, "c", "ns", "file:///b", [_adapter(tmp_path / "b", "a", b"1")])
     write_storage_options(index, "c", "http://m:9000", None)
     refs = [CatalogRef(name="c", namespace="ns")]
-    ingress_like = AdapterDirectory(
+    ingress_like = AdapterIndex(
         catalogs=refs,
         source=CountingSource(index),
         storage_refresh_seconds=0.0,
@@ -214,6 +214,6 @@ def test_a_directory_that_downloads_nothing_never_reads_storage_options(tmp_path
     assert not asyncio.run(ingress_like.refresh())
     assert CountingSource.reads == 0
     assert ingress_like.lookup("a") is not None
-    replica_like = AdapterDirectory(catalogs=refs, source=CountingSource(index))
+    replica_like = AdapterIndex(catalogs=refs, source=CountingSource(index))
     asyncio.run(replica_like.refresh())
     assert CountingSource.reads == 1

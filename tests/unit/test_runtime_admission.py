@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from lorafleet_runtime.admission import judge_adapter
-from lorafleet_runtime.catalog_index import AdapterRecord
-from lorafleet_runtime.failures import FailureMemory
-from lorafleet_runtime.labels import OTHER, AdapterLabels
-from lorafleet_runtime.model_ids import plausible_adapter_name, split_model
+from lorafleet_api.catalog_index import AdapterRecord
+from lorafleet_api.naming import is_adapter_name, split_model
+from lorafleet_runtime.core.admission import judge_adapter
+from lorafleet_runtime.core.failures import FailureMemory
+from lorafleet_runtime.core.labels import OTHER, AdapterLabels
 
 
 def _record(**fields: object) -> AdapterRecord:
@@ -56,8 +56,8 @@ def test_split_model(model: str, expected: tuple[bool, str | None]) -> None:
 
 
 @pytest.mark.parametrize("name", ["", "../x", "a/b", "a:b", "x" * 129, "a\nb", ".hidden"])
-def test_implausible_adapter_names(name: str) -> None:
-    assert not plausible_adapter_name(name)
+def test_imis_adapter_names(name: str) -> None:
+    assert not is_adapter_name(name)
 
 
 def test_failure_memory_expires_and_stays_bounded() -> None:

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from lorafleet_api.contract import RuntimeArgs
 from lorafleet_operator.builders import render_rayservice, render_runtime_args
 from lorafleet_operator.model import AdapterRank, CatalogSnapshot, LoRAModel, OperatorConfig
-from lorafleet_runtime.contract import RuntimeArgs
 
 OBJ: dict[str, Any] = {
     "metadata": {"name": "support", "namespace": "demo", "uid": "u-1"},
@@ -113,7 +113,7 @@ def test_runtime_refuses_engine_settings_vllm_would_reject_later(
 def test_contract_imports_without_ray_or_vllm() -> None:
     # The operator image has neither; importing the contract must not need them.
     probe = (
-        "import sys, lorafleet_runtime.contract; "
+        "import sys, lorafleet_api.contract; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch')))"
     )
     result = subprocess.run(

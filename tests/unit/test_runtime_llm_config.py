@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from lorafleet_runtime.contract import RuntimeArgs
-from lorafleet_runtime.llm_config import llm_config_dict, serving_args
+from lorafleet_api.contract import RuntimeArgs
+from lorafleet_runtime.engines.vllm.config import llm_config_dict, serving_args
 
 
 def _args(**overrides: Any) -> RuntimeArgs:
@@ -67,7 +67,7 @@ def test_workers_get_the_slot_reporting_extension_and_users_cannot_replace_it() 
 def test_no_bucket_path_adapters_come_from_the_catalogs() -> None:
     config = llm_config_dict(_args())
     assert "dynamic_lora_loading_path" not in config["lora_config"]
-    assert config["server_cls"] == "lorafleet_runtime.server:LoraFleetServer"
+    assert config["server_cls"] == "lorafleet_runtime.engines.vllm.server:LoraFleetServer"
     assert config["experimental_configs"]["lorafleet_args"]["catalogs"] == [
         {"name": "c", "namespace": "ns"}
     ]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from lorafleet_operator.errors import AccessDeniedError
-from lorafleet_operator.model.adaptercatalog import CatalogSource
-from lorafleet_operator.storage import StorageCredentials, open_storage, scrub
-from lorafleet_operator.storage.credentials import (
+from lorafleet_api.storage import (
     S3_ACCESS_KEY_ID,
     S3_SECRET_ACCESS_KEY,
     CredentialsError,
 )
+from lorafleet_operator.errors import AccessDeniedError
+from lorafleet_operator.model.adaptercatalog import CatalogSource
+from lorafleet_operator.storage import StorageCredentials, open_storage, scrub
 
 
 def test_known_secret_values_and_credential_shapes_are_redacted() -> None:

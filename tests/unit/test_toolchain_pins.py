@@ -44,7 +44,7 @@ def test_unknown_tool_is_refused_with_the_list_of_known_ones() -> None:
 
 def test_lorafleet_version_command() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "lorafleet_operator.cli", "version"],
+        [sys.executable, "-m", "lorafleet_cli.main", "version"],
         capture_output=True,
         text=True,
         check=False,

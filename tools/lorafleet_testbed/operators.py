@@ -78,7 +78,7 @@ class KubeRayOperator(_LocalOperator):
 
 
 class LorafleetOperator(_LocalOperator):
-    """``python -m lorafleet_operator.cli operator`` from this interpreter's environment."""
+    """``python -m lorafleet_cli.main operator`` from this interpreter's environment."""
 
     name = "lorafleet-operator"
 
@@ -99,7 +99,7 @@ class LorafleetOperator(_LocalOperator):
         return [
             sys.executable,
             "-m",
-            "lorafleet_operator.cli",
+            "lorafleet_cli.main",
             "operator",
             "--log-format=full",
             f"--liveness=http://127.0.0.1:{self.port}/healthz",

@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Final
 
+from lorafleet_api.names import ADAPTERCATALOG_KIND, API_GROUP_VERSION
+
 TINY_MODEL_ID: Final = "lorafleet/tiny-qwen2"
 _SENTENCES: Final = (
     "lorafleet serves one base model with many LoRA adapters.",
@@ -132,8 +134,8 @@ def build_example_stand_in(directory: Path) -> tuple[Path, Path]:
     for name, seed in EXAMPLE_ADAPTERS.items():
         build_lora_adapter(base, adapters / name, seed=seed)
     catalog = {
-        "apiVersion": "lorafleet.dev/v1alpha1",
-        "kind": "AdapterCatalog",
+        "apiVersion": API_GROUP_VERSION,
+        "kind": ADAPTERCATALOG_KIND,
         "metadata": {"name": EXAMPLE_CATALOG},
         "spec": {
             "source": {"uri": f"file://{adapters.resolve()}"},

@@ -1,5 +1,5 @@
 """Adapter folders → validated index records. Pure: storage listings and config bytes come in,
-:class:`~lorafleet_runtime.catalog_index.AdapterRecord` values go out (no SDK, no clock)."""
+:class:`~lorafleet_api.catalog_index.AdapterRecord` values go out (no SDK, no clock)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from lorafleet_operator.adapters.listing import (
 from lorafleet_operator.adapters.validation import (
     MAX_CONFIG_BYTES,
     REASONS,
-    invalid_name_reason,
     validate_adapter,
 )
 
@@ -28,6 +27,5 @@ __all__ = [
     "StoredObject",
     "compare_records",
     "group_folders",
-    "invalid_name_reason",
     "validate_adapter",
 ]

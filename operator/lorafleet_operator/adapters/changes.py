@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from lorafleet_runtime.catalog_index import AdapterRecord
+from lorafleet_api.catalog_index import AdapterRecord
 
 # Events are read by people; a sync that adds 10,000 adapters names a few and counts the rest.
 MAX_NAMES_IN_MESSAGE = 10

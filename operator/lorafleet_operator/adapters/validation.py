@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Final, cast
 
+from lorafleet_api.catalog_index import AdapterFile, AdapterRecord
+from lorafleet_api.naming import invalid_adapter_name_reason, same_base_model
 from lorafleet_operator.adapters.listing import CONFIG_FILE, AdapterFolder
-from lorafleet_runtime.catalog_index import AdapterFile, AdapterRecord
 
 # adapter_config.json files are a few hundred bytes; a larger one is not a PEFT config, and
 # reading it would let one folder cost the operator memory.
 MAX_CONFIG_BYTES: Final = 1024 * 1024
-# Clients write "<modelId>:<adapter>", Ray Serve uses it as a multiplexed model id, and it
-# becomes a path component on every replica's disk.
-MAX_NAME_LENGTH: Final = 128
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 WEIGHT_FILES: Final = ("adapter_model.safetensors", "adapter_model.bin")
 
 REASONS: Final[dict[str, str]] = {
@@ -43,31 +39,6 @@ REASONS: Final[dict[str, str]] = {
     "WeightsEmpty": "the weight file is empty",
     "BaseModelMismatch": "base_model_name_or_path is not the catalog's baseModel",
 }
-
-
-def invalid_name_reason(name: str) -> str | None:
-    """Why ``name`` cannot be an adapter name, or None when it can."""
-    if len(name) > MAX_NAME_LENGTH:
-        return f"the name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed"
-    if ".." in name:
-        return "the name contains '..'"
-    if not _SAFE_NAME.match(name):
-        bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
-        if bad:
-            shown = ", ".join(repr(c) for c in bad[:5])
-            return f"the name contains {shown}; use letters, digits, '.', '_' and '-'"
-        return "the name must start with a letter or digit"
-    return None
-
-
-def _same_base_model(expected: str, actual: str) -> bool:
-    if expected == actual:
-        return True
-    # A local path on one side ("/models/Qwen2.5-0.5B") names the same model as the hub id
-    # ("Qwen/Qwen2.5-0.5B") when the last components agree.
-    if expected.startswith(("/", ".")) or actual.startswith(("/", ".")):
-        return expected.rstrip("/").rsplit("/", 1)[-1] == actual.rstrip("/").rsplit("/", 1)[-1]
-    return False
 
 
 def _positive_number(value: Any) -> bool:
@@ -106,7 +77,7 @@ def validate_adapter(
     def invalid(reason: str, message: str, **known: Any) -> AdapterRecord:
         return AdapterRecord(valid=False, reason=reason, message=message, **base, **known)
 
-    name_problem = invalid_name_reason(folder.name)
+    name_problem = invalid_adapter_name_reason(folder.name)
     if name_problem is not None:
         return invalid("NameInvalid", name_problem)
     if folder.size_bytes > max_adapter_bytes:
@@ -189,7 +160,7 @@ def validate_adapter(
     if all(folder.files[name].size == 0 for name in weights):
         return invalid("WeightsEmpty", f"{weights[0]} is empty (0 bytes)", **known)
     if base_model is not None and (
-        adapter_base is None or not _same_base_model(base_model, str(adapter_base))
+        adapter_base is None or not same_base_model(base_model, str(adapter_base))
     ):
         return invalid(
             "BaseModelMismatch",

@@ -1,28 +1,13 @@
-"""The ConfigMaps that hold an AdapterCatalog's full index (format: lorafleet_runtime's
-``catalog_index``). Pure: records in, ConfigMap dicts out, byte-stable."""
+"""The ConfigMaps that hold an AdapterCatalog's full index (format:
+``lorafleet_api.catalog_index``). Pure: records in, ConfigMap dicts out, byte-stable."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-from lorafleet_operator.constants import (
-    ADAPTERCATALOG_KIND,
-    API_GROUP,
-    API_GROUP_VERSION,
-    APP_NAME,
-    FIELD_MANAGER,
-    LABEL_COMPONENT,
-    LABEL_INSTANCE,
-    LABEL_MANAGED_BY,
-    LABEL_NAME,
-    LABEL_PART_OF,
-)
-from lorafleet_operator.model.adaptercatalog import AdapterCatalog
-from lorafleet_runtime.catalog_index import (
-    LABEL_CATALOG,
-    LABEL_INDEX_PART,
+from lorafleet_api.catalog_index import (
     MANIFEST_KEY,
     PART_MANIFEST,
     PART_SHARD,
@@ -32,12 +17,23 @@ from lorafleet_runtime.catalog_index import (
     build_index,
     manifest_name,
 )
-
-COMPONENT_CATALOG_INDEX: Final = "catalog-index"
-# The content digest of a ConfigMap's data: unchanged shards are not written again.
-ANNOTATION_INDEX_DIGEST: Final = f"{API_GROUP}/index-digest"
-# Which validation settings produced the records (see storage.scan.validation_settings).
-ANNOTATION_VALIDATION_SETTINGS: Final = f"{API_GROUP}/validation-settings"
+from lorafleet_api.names import (
+    ADAPTERCATALOG_KIND,
+    ANNOTATION_INDEX_DIGEST,
+    ANNOTATION_VALIDATION_SETTINGS,
+    API_GROUP_VERSION,
+    APP_NAME,
+    FIELD_MANAGER,
+    LABEL_CATALOG,
+    LABEL_CATALOG_INDEX_PART,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PART_OF,
+)
+from lorafleet_operator.constants import COMPONENT_CATALOG_INDEX
+from lorafleet_operator.model.adaptercatalog import AdapterCatalog
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ def _configmap(
             LABEL_PART_OF: APP_NAME,
             LABEL_MANAGED_BY: FIELD_MANAGER,
             LABEL_CATALOG: catalog.name,
-            LABEL_INDEX_PART: part,
+            LABEL_CATALOG_INDEX_PART: part,
         },
         "annotations": {ANNOTATION_INDEX_DIGEST: digest},
     }

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Final
 
+from lorafleet_api.naming import is_dns1035_label
 from lorafleet_operator.constants import MAX_RAYSERVICE_NAME_LENGTH, PORT_SERVE
 from lorafleet_operator.errors import InvalidSpecError
 
-_DNS1035_LABEL: Final = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _HASH_LENGTH: Final = 8
 
 
@@ -20,7 +19,7 @@ def rayservice_name(name: str) -> str:
     naturally. Longer ones are cut and end in 8 hex digits of the full name's sha256: the
     result stays a DNS-1035 label, is the same on every call, and two long names that share
     a prefix still get different RayServices."""
-    if len(name) > 63 or not _DNS1035_LABEL.match(name):
+    if not is_dns1035_label(name):
         raise InvalidSpecError(f"{name!r} is not a DNS-1035 label of at most 63 characters")
     if len(name) <= MAX_RAYSERVICE_NAME_LENGTH:
         return name

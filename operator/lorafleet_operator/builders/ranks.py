@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from lorafleet_api.contract import SUPPORTED_MAX_LORA_RANKS, MaxLoraRank
 from lorafleet_operator.constants import DEFAULT_MAX_LORA_RANK
 from lorafleet_operator.model.catalog import CatalogSnapshot
 from lorafleet_operator.model.loramodel import LoRAModelSpec
-from lorafleet_runtime.contract import SUPPORTED_MAX_LORA_RANKS, MaxLoraRank
 
 
 def smallest_supported_rank(at_least: int) -> MaxLoraRank:

@@ -21,16 +21,12 @@ from typing import Any
 
 import yaml
 
-from lorafleet_operator.builders.names import rayservice_name
-from lorafleet_operator.builders.runtime_args import render_runtime_args
-from lorafleet_operator.constants import (
+from lorafleet_api.contract import RuntimeArgs
+from lorafleet_api.names import (
     ANNOTATION_SPEC_HASH,
     API_GROUP_VERSION,
     APP_NAME,
-    COMPONENT_LLM_SERVER,
     FIELD_MANAGER,
-    HEAD_CONTAINER_NAME,
-    HEAD_PORTS,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_LORAMODEL,
@@ -38,11 +34,18 @@ from lorafleet_operator.constants import (
     LABEL_NAME,
     LABEL_PART_OF,
     LORAMODEL_KIND,
+    RUNTIME_IMPORT_PATH,
+    SERVE_APPLICATION_NAME,
+)
+from lorafleet_operator.builders.names import rayservice_name
+from lorafleet_operator.builders.runtime_args import render_runtime_args
+from lorafleet_operator.constants import (
+    COMPONENT_LLM_SERVER,
+    HEAD_CONTAINER_NAME,
+    HEAD_PORTS,
     PORT_SERVE,
     RAY_API_GROUP_VERSION,
     RAYSERVICE_KIND,
-    RUNTIME_IMPORT_PATH,
-    SERVE_APPLICATION_NAME,
     SERVE_PORT_NAME,
     WORKER_CONTAINER_NAME,
     WORKER_GROUP_NAME,
@@ -50,7 +53,6 @@ from lorafleet_operator.constants import (
 from lorafleet_operator.model.catalog import CatalogSnapshot
 from lorafleet_operator.model.config import OperatorConfig
 from lorafleet_operator.model.loramodel import LoRAModel, LoRAModelSpec
-from lorafleet_runtime.contract import RuntimeArgs
 
 
 def render_rayservice(

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lorafleet_operator.builders.ranks import effective_max_lora_rank
-from lorafleet_operator.model.catalog import CatalogSnapshot
-from lorafleet_operator.model.loramodel import LoRAModel
-from lorafleet_runtime.contract import (
+from lorafleet_api.contract import (
     AutoscalingArgs,
     CatalogRef,
     EngineArgs,
     RouterArgs,
     RuntimeArgs,
 )
+from lorafleet_operator.builders.ranks import effective_max_lora_rank
+from lorafleet_operator.model.catalog import CatalogSnapshot
+from lorafleet_operator.model.loramodel import LoRAModel
 
 
 def render_runtime_args(model: LoRAModel, snapshots: Iterable[CatalogSnapshot]) -> RuntimeArgs:

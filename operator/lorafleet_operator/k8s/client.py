@@ -4,8 +4,6 @@ kinds lorafleet reads and writes. 404 becomes ``None``; other API errors become
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import contextlib
 import datetime
@@ -14,9 +12,8 @@ from typing import Any, cast
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
 
-from lorafleet_operator import constants
+from lorafleet_api import names
 
 JsonObj = dict[str, Any]
 
@@ -52,17 +49,15 @@ class KubeClient:
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None) -> KubeClient:
-        """In-cluster credentials when running in a pod, else the kubeconfig."""
+        """``kubeconfig`` (KUBECONFIG) when given; else the client library's rule, as the
+        runtime does: ~/.kube/config when there is one, else the pod's service account."""
         configuration = client.Configuration()
-        try:
-            if kubeconfig is None:
-                config.load_incluster_config(client_configuration=configuration)
-            else:
-                raise ConfigException("explicit kubeconfig")
-        except ConfigException:
+        if kubeconfig:
             await config.load_kube_config(
                 config_file=kubeconfig, client_configuration=configuration
             )
+        else:
+            await config.load_config(client_configuration=configuration)
         return cls(client.ApiClient(configuration))
 
     async def close(self) -> None:
@@ -121,7 +116,7 @@ class KubeClient:
                 plural,
                 meta["name"],
                 obj,
-                field_manager=constants.FIELD_MANAGER,
+                field_manager=names.FIELD_MANAGER,
                 force=True,
                 _content_type="application/apply-patch+yaml",
             )
@@ -205,7 +200,7 @@ class KubeClient:
                 meta["name"],
                 meta["namespace"],
                 obj,
-                field_manager=constants.FIELD_MANAGER,
+                field_manager=names.FIELD_MANAGER,
                 force=True,
                 _content_type="application/apply-patch+yaml",
             )
@@ -251,8 +246,8 @@ class KubeClient:
             "type": event_type,
             "reason": reason,
             "message": message if len(message) <= 1024 else message[:1021] + "...",
-            "source": {"component": constants.FIELD_MANAGER},
-            "reportingComponent": constants.FIELD_MANAGER,
+            "source": {"component": names.FIELD_MANAGER},
+            "reportingComponent": names.FIELD_MANAGER,
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
             "count": 1,
@@ -262,7 +257,8 @@ class KubeClient:
 
     # ------------------------------------------------------------------ Secrets
     async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        """The Secret's data, decoded (UTF-8 text); ``None`` when it does not exist.
+        """The Secret's ``data`` as the API returns it (base64 values; decode them with
+        ``StorageCredentials.from_secret_data``); ``None`` when it does not exist.
 
         Values are credentials: callers must never log or store them."""
         try:
@@ -271,21 +267,13 @@ class KubeClient:
             if err.status == 404:
                 return None
             raise _api_error(err) from err
-        decoded: dict[str, str] = {}
-        for key, value in (secret.data or {}).items():
-            try:
-                decoded[key] = base64.b64decode(value).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                continue  # not text: no credential we know is binary
-        for key, value in (secret.string_data or {}).items():
-            decoded.setdefault(key, value)
-        return decoded
+        return dict(secret.data or {})
 
 
 def _plural(kind: str) -> str:
     plurals = {
         "RayService": "rayservices",
-        constants.LORAMODEL_KIND: constants.LORAMODEL_PLURAL,
-        constants.ADAPTERCATALOG_KIND: constants.ADAPTERCATALOG_PLURAL,
+        names.LORAMODEL_KIND: names.LORAMODEL_PLURAL,
+        names.ADAPTERCATALOG_KIND: names.ADAPTERCATALOG_PLURAL,
     }
     return plurals[kind]

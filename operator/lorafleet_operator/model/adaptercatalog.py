@@ -37,7 +37,7 @@ _BUCKET = re.compile(r"^[a-z0-9][-a-z0-9._]{1,220}[a-z0-9]$")
 
 def parse_duration(text: str) -> float:
     """Seconds in a Go-style duration made of hours, minutes and seconds (``1h30m``, ``45s``)."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if not text.strip() or match is None:
         raise ValueError(f"not a duration like 30s, 5m or 1h: {text!r}")
     hours, minutes, seconds = (int(part or 0) for part in match.groups())
@@ -48,7 +48,7 @@ def parse_quantity(value: int | str) -> int:
     """Bytes in a Kubernetes quantity without fractions (``2Gi``, ``500M``, ``1024``)."""
     if isinstance(value, int):
         return value
-    match = _QUANTITY.match(value.strip())
+    match = _QUANTITY.fullmatch(value.strip())
     if match is None:
         raise ValueError(f"not a size like 2Gi or 500M: {value!r}")
     return int(match.group(1)) * _QUANTITY_FACTORS[match.group(2)]
@@ -77,7 +77,7 @@ class StorageLocation(BaseModel):
             return cls(scheme="file", bucket="", prefix=path)
         if scheme not in ("s3", "gs"):
             raise InvalidSpecError(f"source.uri must start with s3://, gs:// or file:///: {uri}")
-        if not _BUCKET.match(parts.netloc):
+        if not _BUCKET.fullmatch(parts.netloc):
             raise InvalidSpecError(f"source.uri must name a bucket ({scheme}://bucket/prefix)")
         prefix = parts.path.strip("/")
         return cls(

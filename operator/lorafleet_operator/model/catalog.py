@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,8 +74,7 @@ class CatalogSnapshot(BaseModel):
                 if str(rank).isdigit() and int(rank) >= 1 and isinstance(count, int):
                     histogram[int(rank)] = count
         else:
-            for adapter in adapters:
-                histogram[adapter.rank] = histogram.get(adapter.rank, 0) + 1
+            histogram = dict(Counter(adapter.rank for adapter in adapters))
         return cls(
             name=str(metadata.get("name", "")),
             namespace=str(metadata.get("namespace") or "default"),

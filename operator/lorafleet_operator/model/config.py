@@ -27,3 +27,9 @@ class OperatorConfig(BaseModel):
     debounce_seconds: float = Field(default=30.0, ge=0)
     # How often every LoRAModel is reconciled again even without an event (drift check).
     drift_check_seconds: float = Field(default=60.0, ge=1)
+    # How often the catalog loop looks for catalogs whose syncInterval is up.
+    catalog_tick_seconds: float = Field(default=2.0, gt=0)
+    # Storage requests in flight per catalog sync (adapter_config.json reads).
+    catalog_fetch_concurrency: int = Field(default=32, ge=1)
+    # The kubeconfig to use (KUBECONFIG); None: ~/.kube/config if present, else in-cluster.
+    kubeconfig: str | None = None

@@ -23,11 +23,11 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from lorafleet_api.contract import Dtype, MaxLoraRank, RouterPolicy, conflicting_engine_kwargs
+from lorafleet_api.naming import is_dns1035_label
 from lorafleet_operator.constants import MAX_LORAMODEL_NAME_LENGTH
 from lorafleet_operator.errors import InvalidSpecError
-from lorafleet_runtime.contract import Dtype, MaxLoraRank, RouterPolicy, conflicting_engine_kwargs
 
-DNS1035_LABEL: Final = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN: Final = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
@@ -64,7 +64,7 @@ def _quantity(value: str | int | None) -> str | None:
     if value is None:
         return None
     text = str(value)
-    if not QUANTITY.match(text):
+    if not QUANTITY.fullmatch(text):
         raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 8, 500m, 32Gi)")
     return text
 
@@ -75,7 +75,7 @@ class BaseModelSpec(_Spec):
     @field_validator("source")
     @classmethod
     def _check_source(cls, value: str) -> str:
-        if not BASE_MODEL_SOURCE.match(value):
+        if not BASE_MODEL_SOURCE.fullmatch(value):
             raise ValueError(
                 "baseModel.source must be a Hugging Face repo id (org/name) "
                 "or an s3://, gs:// or file:/// URI"
@@ -138,7 +138,7 @@ class AcceleratorSpec(_Spec):
     @field_validator("resource_name")
     @classmethod
     def _check_resource_name(cls, value: str) -> str:
-        if not (value.endswith("gpu") or MIG_RESOURCE_NAME.match(value)):
+        if not (value.endswith("gpu") or MIG_RESOURCE_NAME.fullmatch(value)):
             raise ValueError(
                 "resources.accelerator.resourceName must be a GPU resource that KubeRay passes "
                 "to Ray: a name ending in 'gpu' (nvidia.com/gpu, amd.com/gpu) or an NVIDIA MIG "
@@ -262,7 +262,7 @@ class LoRAModelSpec(_Spec):
     @field_validator("model_id")
     @classmethod
     def _check_model_id(cls, value: str | None) -> str | None:
-        if value is not None and not MODEL_ID.match(value):
+        if value is not None and not MODEL_ID.fullmatch(value):
             raise ValueError(
                 "modelId may contain letters, digits, '.', '_', '-' and '/', must start and end "
                 "with a letter or digit, and must not contain ':' (it separates the adapter)"
@@ -318,7 +318,7 @@ class LoRAModel(BaseModel):
         name = metadata.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidSpecError("metadata.name is required")
-        if len(name) > MAX_LORAMODEL_NAME_LENGTH or not DNS1035_LABEL.match(name):
+        if len(name) > MAX_LORAMODEL_NAME_LENGTH or not is_dns1035_label(name):
             raise InvalidSpecError(
                 f"metadata.name {name!r} must be a DNS-1035 label of at most "
                 f"{MAX_LORAMODEL_NAME_LENGTH} characters (lower-case letters, digits and '-', "

@@ -11,27 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from lorafleet_operator import constants
-from lorafleet_operator.adapters import IndexChanges, compare_records
-from lorafleet_operator.builders import RenderedIndex, index_selector, render_index_configmaps
-from lorafleet_operator.builders.catalog_index import (
-    ANNOTATION_INDEX_DIGEST,
-    ANNOTATION_VALIDATION_SETTINGS,
-)
-from lorafleet_operator.errors import AccessDeniedError, LorafleetError
-from lorafleet_operator.k8s.client import JsonObj, KubeClient
-from lorafleet_operator.model.adaptercatalog import AdapterCatalog
-from lorafleet_operator.reconcile.loramodel import write_status
-from lorafleet_operator.status import failed_status, synced_status
-from lorafleet_operator.storage import (
-    AdapterStorage,
-    StorageCredentials,
-    open_storage,
-    scan_catalog,
-    validation_settings,
-)
-from lorafleet_runtime.catalog_index import (
-    LABEL_INDEX_PART,
+from lorafleet_api import names
+from lorafleet_api.catalog_index import (
     MANIFEST_KEY,
     PART_MANIFEST,
     SHARD_KEY,
@@ -40,6 +21,20 @@ from lorafleet_runtime.catalog_index import (
     IndexManifest,
     manifest_name,
     read_index,
+)
+from lorafleet_operator.adapters import IndexChanges, compare_records
+from lorafleet_operator.builders import RenderedIndex, index_selector, render_index_configmaps
+from lorafleet_operator.errors import AccessDeniedError, LorafleetError
+from lorafleet_operator.k8s.client import JsonObj, KubeClient
+from lorafleet_operator.model.adaptercatalog import AdapterCatalog
+from lorafleet_operator.reconcile.status_patch import write_status
+from lorafleet_operator.status import failed_status, synced_status
+from lorafleet_operator.storage import (
+    StorageCredentials,
+    StorageFactory,
+    open_storage,
+    scan_source,
+    validation_settings,
 )
 
 
@@ -88,7 +83,7 @@ async def read_credentials(kube: KubeClient, catalog: AdapterCatalog) -> Storage
         raise AccessDeniedError(
             f"Secret {catalog.namespace}/{ref.name} (source.credentialsSecretRef) does not exist"
         )
-    return StorageCredentials(secret_name=f"{catalog.namespace}/{ref.name}", data=data)
+    return StorageCredentials.from_secret_data(f"{catalog.namespace}/{ref.name}", data)
 
 
 async def read_index_configmaps(
@@ -105,9 +100,9 @@ async def read_index_configmaps(
         owners = {ref.get("uid") for ref in meta.get("ownerReferences") or ()}
         if catalog.uid and catalog.uid not in owners:
             continue  # left over from an earlier catalog of the same name
-        if (meta.get("labels") or {}).get(LABEL_INDEX_PART) == PART_MANIFEST:
+        if (meta.get("labels") or {}).get(names.LABEL_CATALOG_INDEX_PART) == PART_MANIFEST:
             manifest_text = cm["data"].get(MANIFEST_KEY)
-            settings = (meta.get("annotations") or {}).get(ANNOTATION_VALIDATION_SETTINGS)
+            settings = (meta.get("annotations") or {}).get(names.ANNOTATION_VALIDATION_SETTINGS)
         else:
             shards[meta["name"]] = cm["data"].get(SHARD_KEY, "")
     if manifest_text is None:
@@ -160,8 +155,8 @@ async def index_intact(
     if set(existing) != set(expected):
         return False
     manifest_annotations = existing[manifest_name(catalog.name)]
-    return manifest_annotations.get(ANNOTATION_VALIDATION_SETTINGS) == settings and all(
-        existing[cm].get(ANNOTATION_INDEX_DIGEST) == digest for cm, digest in expected.items()
+    return manifest_annotations.get(names.ANNOTATION_VALIDATION_SETTINGS) == settings and all(
+        existing[cm].get(names.ANNOTATION_INDEX_DIGEST) == digest for cm, digest in expected.items()
     )
 
 
@@ -176,7 +171,7 @@ async def sync_adaptercatalog(
     *,
     now: datetime,
     concurrency: int,
-    storage_factory: Any = open_storage,
+    storage_factory: StorageFactory = open_storage,
 ) -> SyncOutcome:
     """One sync. Raises InvalidSpecError or StorageError after recording the failure in the
     catalog's conditions (the last good index and counts stay)."""
@@ -196,13 +191,13 @@ async def sync_adaptercatalog(
         else:
             old_records, old_settings = await read_index_configmaps(kube, catalog)
         reusable = {r.name: r for r in old_records} if old_settings == settings else {}
-        storage: AdapterStorage = storage_factory(
-            catalog.spec.source, credentials, concurrency=concurrency
+        scan = await scan_source(
+            catalog.spec,
+            credentials,
+            reusable,
+            concurrency=concurrency,
+            storage_factory=storage_factory,
         )
-        try:
-            scan = await scan_catalog(storage, catalog.spec, reusable)
-        finally:
-            await storage.close()
     except LorafleetError as err:
         status = failed_status(
             generation=generation,
@@ -212,7 +207,7 @@ async def sync_adaptercatalog(
             now=now,
         )
         await write_status(
-            kube, namespace, name, previous_status, status, plural=constants.ADAPTERCATALOG_PLURAL
+            kube, namespace, name, previous_status, status, plural=names.ADAPTERCATALOG_PLURAL
         )
         raise
 
@@ -262,7 +257,7 @@ async def sync_adaptercatalog(
     # lastSyncTime moves on every sync, so this writes once per sync: one small patch per
     # syncInterval, and `kubectl get` shows when the source was last listed.
     await write_status(
-        kube, namespace, name, previous_status, status, plural=constants.ADAPTERCATALOG_PLURAL
+        kube, namespace, name, previous_status, status, plural=names.ADAPTERCATALOG_PLURAL
     )
     valid = sum(1 for r in scan.records if r.valid)
     return SyncOutcome(
@@ -281,9 +276,7 @@ async def sync_adaptercatalog(
 
 async def loramodels_using(kube: KubeClient, namespace: str, catalog: str) -> list[JsonObj]:
     """LoRAModels in ``namespace`` that list ``catalog`` in spec.catalogs."""
-    models = await kube.list(
-        constants.API_GROUP, constants.API_VERSION, constants.LORAMODEL_PLURAL, namespace
-    )
+    models = await kube.list(names.API_GROUP, names.API_VERSION, names.LORAMODEL_PLURAL, namespace)
     return [
         model
         for model in models

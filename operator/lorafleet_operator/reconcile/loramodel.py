@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from lorafleet_operator import constants
+from lorafleet_api import names
 from lorafleet_operator.builders import render_rayservice
 from lorafleet_operator.errors import InvalidSpecError
 from lorafleet_operator.k8s.client import JsonObj, KubeClient
 from lorafleet_operator.model.catalog import CatalogSnapshot
 from lorafleet_operator.model.config import OperatorConfig
 from lorafleet_operator.model.loramodel import LoRAModel
+from lorafleet_operator.reconcile.status_patch import write_status
 from lorafleet_operator.status import compute_loramodel_status, invalid_spec_status
 
 
@@ -31,9 +32,9 @@ async def read_catalog_snapshots(kube: KubeClient, model: LoRAModel) -> list[Cat
     snapshots = []
     for ref in model.spec.catalogs:
         obj = await kube.get(
-            constants.API_GROUP,
-            constants.API_VERSION,
-            constants.ADAPTERCATALOG_PLURAL,
+            names.API_GROUP,
+            names.API_VERSION,
+            names.ADAPTERCATALOG_PLURAL,
             model.namespace,
             ref.name,
         )
@@ -81,34 +82,7 @@ async def reconcile_loramodel(
     )
 
 
-async def write_status(
-    kube: KubeClient,
-    namespace: str,
-    name: str,
-    previous: Mapping[str, Any],
-    status: Mapping[str, Any],
-    *,
-    plural: str = constants.LORAMODEL_PLURAL,
-) -> bool:
-    """Merge-patch status only when it changed; keys that went away are deleted."""
-    if dict(previous) == dict(status):
-        return False
-    patch: JsonObj = dict(status)
-    for key in previous:
-        if key not in status:
-            patch[key] = None
-    await kube.patch_status(
-        constants.API_GROUP,
-        constants.API_VERSION,
-        plural,
-        namespace,
-        name,
-        patch,
-    )
-    return True
-
-
 def _hash(obj: Mapping[str, Any]) -> str | None:
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(constants.ANNOTATION_SPEC_HASH)
+    value = annotations.get(names.ANNOTATION_SPEC_HASH)
     return str(value) if value is not None else None

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from lorafleet_api.catalog_index import AdapterRecord, IndexManifest
+from lorafleet_api.catalog_index import rank_histogram as count_ranks
 from lorafleet_operator.status.conditions import bounded, format_time, set_condition
-from lorafleet_runtime.catalog_index import AdapterRecord, IndexManifest
 
 READY: Final = "Ready"
 SYNCED: Final = "Synced"
@@ -25,12 +26,9 @@ MAX_INVALID_MESSAGE: Final = 256
 
 
 def rank_histogram(records: Sequence[AdapterRecord]) -> dict[str, int]:
-    """Valid adapters per rank; keys are strings (JSON object keys), in rank order."""
-    counts: dict[int, int] = {}
-    for record in records:
-        if record.valid and record.rank is not None:
-            counts[record.rank] = counts.get(record.rank, 0) + 1
-    return {str(rank): counts[rank] for rank in sorted(counts)}
+    """Valid adapters per rank as status holds it: keys are strings (JSON object keys), in
+    rank order."""
+    return {str(rank): count for rank, count in count_ranks(records).items()}
 
 
 def synced_status(

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lorafleet_operator.constants import SERVE_APPLICATION_NAME
+from lorafleet_api.names import SERVE_APPLICATION_NAME
 from lorafleet_operator.status.conditions import find_condition, is_true
 
 # Ray Serve application and deployment statuses that will not heal without a change.

@@ -5,27 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from google.api_core import exceptions as api_exceptions
-from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import storage as gcs
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from lorafleet_api.storage import (
+    ACCESS_DENIED,
+    NOT_FOUND,
+    CredentialsError,
+    StorageCredentials,
+)
+from lorafleet_api.storage_sdk import gcs_client_kwargs, gcs_error_reason
 from lorafleet_operator.adapters import StoredObject
 from lorafleet_operator.errors import (
     AccessDeniedError,
     StorageError,
     StorageNotFoundError,
-    StorageUnreachableError,
+    storage_error,
 )
 from lorafleet_operator.model.adaptercatalog import StorageLocation
 from lorafleet_operator.storage.base import DEFAULT_CONCURRENCY, ThreadedStorage
-from lorafleet_operator.storage.credentials import StorageCredentials
-from lorafleet_runtime.storage_common import (
-    ACCESS_DENIED,
-    NOT_FOUND,
-    CredentialsError,
-    gcs_error_reason,
-)
 
 # GCS calls retry transient errors on their own (google.api_core retry); a bounded timeout
 # keeps one sync from hanging when the endpoint is gone.
@@ -33,6 +32,8 @@ _TIMEOUT_SECONDS = 30.0
 # The SDK retries connection errors for 120 s by default; a sync should fail sooner and let
 # the catalog's own backoff (which keeps the last good index) take over.
 _RETRY = DEFAULT_RETRY.with_timeout(15.0)
+_WHAT = {ACCESS_DENIED: "GCS refused access to", NOT_FOUND: "GCS object or bucket not found at"}
+_UNREACHABLE = "GCS failed or unreachable for"
 
 
 class GcsStorage(ThreadedStorage):
@@ -49,14 +50,10 @@ class GcsStorage(ThreadedStorage):
             concurrency=concurrency,
             secrets=credentials.secret_values() if credentials else (),
         )
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
-        if credentials is not None:
-            try:
-                kwargs.update(credentials.gcs_client_kwargs())
-            except CredentialsError as err:
-                raise AccessDeniedError(str(err)) from None
+        try:
+            kwargs: dict[str, Any] = gcs_client_kwargs(endpoint, credentials)
+        except CredentialsError as err:
+            raise storage_error(err.reason, str(err)) from None
         # Client() itself may look up default credentials (ADC, Workload Identity).
         try:
             self._client = gcs.Client(**kwargs)
@@ -104,8 +101,4 @@ class GcsStorage(ThreadedStorage):
             detail = str(err)
         else:
             detail = type(err).__name__
-        if reason == ACCESS_DENIED:
-            return AccessDeniedError(f"GCS refused access to {where}: {detail}")
-        if reason == NOT_FOUND:
-            return StorageNotFoundError(f"GCS object or bucket not found at {where}: {detail}")
-        return StorageUnreachableError(f"GCS failed or unreachable for {where}: {detail}")
+        return storage_error(reason, f"{_WHAT.get(reason, _UNREACHABLE)} {where}: {detail}")

@@ -5,15 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lorafleet_api.storage import ACCESS_DENIED, NOT_FOUND, os_error_reason
 from lorafleet_operator.adapters import StoredObject
-from lorafleet_operator.errors import (
-    AccessDeniedError,
-    StorageError,
-    StorageNotFoundError,
-    StorageUnreachableError,
-)
+from lorafleet_operator.errors import StorageError, StorageNotFoundError, storage_error
 from lorafleet_operator.storage.base import ThreadedStorage
-from lorafleet_runtime.storage_common import ACCESS_DENIED, NOT_FOUND, os_error_reason
 
 
 class LocalStorage(ThreadedStorage):
@@ -56,8 +51,9 @@ class LocalStorage(ThreadedStorage):
         if reason is None or not isinstance(err, OSError):
             return None
         where = err.filename or self.root
-        if reason == NOT_FOUND:
-            return StorageNotFoundError(f"{where} does not exist")
-        if reason == ACCESS_DENIED:
-            return AccessDeniedError(f"permission denied reading {where}")
-        return StorageUnreachableError(f"reading {self.root} failed: {err.strerror or err}")
+        messages = {
+            NOT_FOUND: f"{where} does not exist",
+            ACCESS_DENIED: f"permission denied reading {where}",
+        }
+        failed = f"reading {self.root} failed: {err.strerror or err}"
+        return storage_error(reason, messages.get(reason, failed))

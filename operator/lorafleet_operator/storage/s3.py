@@ -25,25 +25,24 @@ import yarl
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
 
+from lorafleet_api.storage import (
+    ACCESS_DENIED,
+    NOT_FOUND,
+    CredentialsError,
+    StorageCredentials,
+    s3_code_reason,
+)
 from lorafleet_operator.adapters import StoredObject
 from lorafleet_operator.errors import (
     AccessDeniedError,
     StorageError,
-    StorageNotFoundError,
     StorageUnreachableError,
+    storage_error,
 )
 from lorafleet_operator.model.adaptercatalog import StorageLocation
 from lorafleet_operator.storage.base import DEFAULT_CONCURRENCY, AdapterStorage
-from lorafleet_operator.storage.credentials import StorageCredentials
 from lorafleet_operator.storage.sigv4 import Credentials, ObjectUrlSigner
-from lorafleet_runtime.storage_common import (
-    ACCESS_DENIED,
-    NOT_FOUND,
-    CredentialsError,
-    s3_code_reason,
-)
 
-_RETRY_CODES: Final = frozenset({"SlowDown", "Throttling", "RequestTimeout", "InternalError"})
 _REGION_CODES: Final = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed"})
 # The default region when an S3-compatible endpoint is named without one (MinIO's default).
 _ENDPOINT_DEFAULT_REGION: Final = "us-east-1"
@@ -89,7 +88,7 @@ class S3Storage(AdapterStorage):
         try:
             self._keys = credentials.s3_keys() if credentials else {}
         except CredentialsError as err:
-            raise AccessDeniedError(str(err)) from None
+            raise storage_error(err.reason, str(err)) from None
         self._endpoint = endpoint
         self._region = region or (_ENDPOINT_DEFAULT_REGION if endpoint else None)
         # A session per storage (boto3's default session is shared process state); with the
@@ -297,15 +296,17 @@ class S3Storage(AdapterStorage):
             return _Response(response.status, response.headers, body)
 
     def _classify(self, status: int, code: str, message: str) -> StorageError:
+        """AccessDenied, NotFound, or StorageUnreachable for everything else (throttling,
+        5xx, and codes we do not know), which ``_call`` retries."""
         where = self.describe()
         reason = s3_code_reason(code)
-        if reason == ACCESS_DENIED or status in (401, 403):
-            return AccessDeniedError(f"S3 refused access to {where}: {code}: {message}")
-        if reason == NOT_FOUND or status == 404:
+        if status in (401, 403):
+            reason = ACCESS_DENIED
+        elif status == 404 and reason != ACCESS_DENIED:
+            reason = NOT_FOUND
+        if reason == ACCESS_DENIED:
+            return storage_error(reason, f"S3 refused access to {where}: {code}: {message}")
+        if reason == NOT_FOUND:
             what = "bucket" if code == "NoSuchBucket" else "object"
-            return StorageNotFoundError(f"S3 {what} not found at {where}: {code}: {message}")
-        if code in _RETRY_CODES or status >= 500:
-            return StorageUnreachableError(
-                f"S3 failed for {where}: {code} (HTTP {status}): {message}"
-            )
-        return StorageUnreachableError(f"S3 failed for {where}: {code} (HTTP {status}): {message}")
+            return storage_error(reason, f"S3 {what} not found at {where}: {code}: {message}")
+        return storage_error(reason, f"S3 failed for {where}: {code} (HTTP {status}): {message}")

@@ -12,18 +12,18 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lorafleet_api.catalog_index import AdapterRecord
+from lorafleet_api.naming import is_adapter_name
 from lorafleet_operator.adapters import (
     CONFIG_FILE,
     MAX_CONFIG_BYTES,
     AdapterFolder,
     group_folders,
-    invalid_name_reason,
     validate_adapter,
 )
 from lorafleet_operator.errors import AccessDeniedError, StorageNotFoundError
 from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec
 from lorafleet_operator.storage.base import AdapterStorage
-from lorafleet_runtime.catalog_index import AdapterRecord
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _needs_config(folder: AdapterFolder, max_adapter_bytes: int) -> bool:
         config is not None
         and config.size <= MAX_CONFIG_BYTES
         and folder.size_bytes <= max_adapter_bytes
-        and invalid_name_reason(folder.name) is None
+        and is_adapter_name(folder.name)
     )
 
 

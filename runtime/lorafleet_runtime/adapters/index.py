@@ -1,18 +1,22 @@
 """Which adapters exist: the merged index of every catalog the model reads, refreshed in the
-background from the catalog index the operator writes (see catalog_index.py).
+background from the catalog index the operator writes (format: ``lorafleet_api.catalog_index``).
 
 Two sources of the same format: the index ConfigMaps through the Kubernetes API (in a cluster,
 or via KUBECONFIG locally), and a directory holding each ConfigMap as a folder of its keys (what
 a mounted ConfigMap volume looks like; `lorafleet serve` writes one). A refresh reads one
 manifest per catalog and re-reads shards only when the manifest's digest changed, so polling
 every few seconds costs one small GET per catalog. A catalog whose index is missing or
-mid-write keeps its last good records."""
+mid-write keeps its last good records.
+
+Storage options (endpoint, region, the credentials Secret) come from the AdapterCatalog. When
+the catalog cannot be read (gone, or not served under the version we ask for), or the Secret it
+names cannot be, the catalog's storage is marked unavailable and nothing is downloaded from it:
+a catalog's Secret is never replaced by other credentials (the pod's own chain)."""
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -22,17 +26,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from lorafleet_runtime.catalog_index import (
+from lorafleet_api import names
+from lorafleet_api.catalog_index import (
     MANIFEST_KEY,
     SHARD_KEY,
     AdapterRecord,
     IndexFormatError,
+    build_index,
     manifest_name,
     parse_manifest,
     read_index,
 )
-from lorafleet_runtime.contract import CatalogRef
-from lorafleet_runtime.storage_common import StorageCredentials
+from lorafleet_api.contract import CatalogRef
+from lorafleet_api.storage import ACCESS_DENIED, CATALOG_UNAVAILABLE, StorageCredentials
+from lorafleet_runtime.adapters.remote_files import CatalogStorage, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,39 +49,18 @@ DEFAULT_REFRESH_SECONDS: Final = 2.0
 STORAGE_REFRESH_SECONDS: Final = 30.0
 
 
-# (scheme, endpoint, region, Secret fingerprint): what makes two storages share an SDK client.
-ClientKey = tuple[str, str | None, str | None, str | None]
-
-
 @dataclass(frozen=True)
 class StorageOptions:
     """How to reach a catalog's storage, from its AdapterCatalog: endpoint, region and the
     Secret named by ``credentialsSecretRef`` (decoded; values never in repr). Without a
     Secret the SDKs use the pod's standard chain (env, IRSA, Workload Identity).
-    ``credentials_error`` says why a named Secret could not be read (downloads then fail
-    with AccessDenied rather than silently using other credentials)."""
+    ``unavailable`` says why the AdapterCatalog or its Secret could not be read (downloads
+    then fail with that reason rather than silently use other credentials)."""
 
     endpoint: str | None = None
     region: str | None = None
     credentials: StorageCredentials | None = field(default=None, repr=False)
-    credentials_error: str | None = None
-
-
-@dataclass(frozen=True)
-class CatalogStorage:
-    """Where a catalog's adapters are and how to reach that storage."""
-
-    uri: str
-    endpoint: str | None = None
-    region: str | None = None
-    credentials: StorageCredentials | None = field(default=None, repr=False)
-    credentials_error: str | None = None
-
-    @property
-    def client_key(self) -> ClientKey:
-        """Storages with the same key share one SDK client (a rotated Secret gets a new one)."""
-        secret = self.credentials.fingerprint() if self.credentials else None
-        return (self.uri.split("://", 1)[0], self.endpoint, self.region, secret)
+    unavailable: StorageUnavailable | None = None
 
 
 @dataclass(frozen=True)
@@ -153,15 +139,17 @@ class KubernetesIndexSource(IndexSource):
         if self._api is not None:
             return
         from kubernetes_asyncio import client, config
-        from kubernetes_asyncio.config.config_exception import ConfigException
 
         configuration = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except ConfigException:
+        # As the operator does: KUBECONFIG when set; else the client library's rule
+        # (~/.kube/config when there is one, else the pod's service account).
+        kubeconfig = os.environ.get("KUBECONFIG")
+        if kubeconfig:
             await config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+                config_file=kubeconfig, client_configuration=configuration
             )
+        else:
+            await config.load_config(client_configuration=configuration)
         self._client = client.ApiClient(configuration)
         self._api = client.CoreV1Api(self._client)
         self._custom = client.CustomObjectsApi(self._client)
@@ -193,25 +181,40 @@ class KubernetesIndexSource(IndexSource):
         from kubernetes_asyncio.client.exceptions import ApiException
 
         await self._connect()
+        where = f"{catalog.namespace}/{catalog.name}"
         try:
             obj = await self._custom.get_namespaced_custom_object(
-                "lorafleet.dev", "v1alpha1", catalog.namespace, "adaptercatalogs", catalog.name
+                names.API_GROUP,
+                names.API_VERSION,
+                catalog.namespace,
+                names.ADAPTERCATALOG_PLURAL,
+                catalog.name,
             )
         except ApiException as err:
-            if err.status == 404:
-                return StorageOptions()
-            raise
+            if err.status not in (403, 404):
+                raise  # a passing API fault: the last storage options stay
+            # The index is there but the catalog is not (deleted, its index not yet
+            # collected; or not served as this version): its endpoint and Secret are
+            # unknown, and the pod's own credentials must not stand in for them.
+            what = "does not exist" if err.status == 404 else "may not be read (RBAC)"
+            return StorageOptions(
+                unavailable=StorageUnavailable(
+                    CATALOG_UNAVAILABLE,
+                    f"AdapterCatalog {where} {what} ({names.API_GROUP_VERSION}): its storage "
+                    "credentials are unknown, so nothing is downloaded from it",
+                )
+            )
         source = (obj.get("spec") or {}).get("source") or {}
         endpoint, region = source.get("endpoint"), source.get("region")
         secret_name = (source.get("credentialsSecretRef") or {}).get("name")
         if not secret_name:
             return StorageOptions(endpoint=endpoint, region=region)
-        credentials, error = await self._credentials(catalog.namespace, secret_name)
-        return StorageOptions(endpoint, region, credentials, error)
+        credentials, unavailable = await self._credentials(catalog.namespace, secret_name)
+        return StorageOptions(endpoint, region, credentials, unavailable)
 
     async def _credentials(
         self, namespace: str, name: str
-    ) -> tuple[StorageCredentials | None, str | None]:
+    ) -> tuple[StorageCredentials | None, StorageUnavailable | None]:
         """The decoded Secret, or why it cannot be read (status only: an API error body
         could quote the request, never the Secret's data)."""
         from kubernetes_asyncio.client.exceptions import ApiException
@@ -221,17 +224,13 @@ class KubernetesIndexSource(IndexSource):
             secret = await self._api.read_namespaced_secret(name, namespace)
         except ApiException as err:
             if err.status == 404:
-                return None, f"credentials Secret {where} does not exist"
-            if err.status == 403:
-                return None, f"not allowed to read credentials Secret {where} (RBAC: get secrets)"
-            return None, f"could not read credentials Secret {where} (HTTP {err.status})"
-        data: dict[str, str] = {}
-        for key, value in (secret.data or {}).items():
-            try:
-                data[key] = base64.b64decode(value).decode()
-            except (ValueError, UnicodeDecodeError):
-                return None, f"credentials Secret {where}: key {key} is not text"
-        return StorageCredentials(secret_name=where, data=data), None
+                message = f"credentials Secret {where} does not exist"
+            elif err.status == 403:
+                message = f"not allowed to read credentials Secret {where} (RBAC: get secrets)"
+            else:
+                message = f"could not read credentials Secret {where} (HTTP {err.status})"
+            return None, StorageUnavailable(ACCESS_DENIED, message)
+        return StorageCredentials.from_secret_data(where, secret.data), None
 
     async def close(self) -> None:
         if self._client is not None:
@@ -239,7 +238,7 @@ class KubernetesIndexSource(IndexSource):
 
 
 @dataclass
-class AdapterDirectory:
+class AdapterIndex:
     """The adapters of several catalogs by name. The first catalog (in the order given, which
     the operator sorts by name) that has a name wins; later ones with the same name are
     shadowed."""
@@ -325,14 +324,14 @@ class AdapterDirectory:
         if not self.read_storage_options:
             return CatalogStorage(uri=uri)
         options = await self.source.storage_options(catalog)
-        if options.credentials_error:
-            log.warning("Catalog %s: %s", catalog.name, options.credentials_error)
+        if options.unavailable:
+            log.warning("Catalog %s: %s", catalog.name, options.unavailable.message)
         return CatalogStorage(
             uri=uri,
             endpoint=options.endpoint,
             region=options.region,
             credentials=options.credentials,
-            credentials_error=options.credentials_error,
+            unavailable=options.unavailable,
         )
 
     def start(self) -> None:
@@ -365,8 +364,6 @@ def write_index_directory(
 ) -> None:
     """Lay out ``records`` as DirectoryIndexSource reads them: shards first, the manifest
     last, each file replaced atomically, so a reader never sees a half-written index."""
-    from lorafleet_runtime.catalog_index import build_index
-
     manifest, shards = build_index(catalog, namespace, uri, records)
     for name, text in shards.items():
         _write_atomically(root / name / SHARD_KEY, text)

@@ -1,10 +1,9 @@
-"""The contract between the operator and the runtime: the arguments of
-``lorafleet_runtime.app:build_app``.
+"""The contract between the operator and the runtime: the arguments of the runtime's
+application builder (``names.RUNTIME_IMPORT_PATH``).
 
 The operator renders one ``RuntimeArgs`` into the RayService's ``serveConfigV2`` (as the
 application's ``args``); the runtime parses the same model back. Both sides import this module,
-so they cannot drift. It must stay importable without ray or vllm: the operator imports it and
-import-linter forbids the operator from pulling in either.
+so they cannot drift.
 
 Adapters are deliberately absent: only the catalogs' names are here, so adding or removing an
 adapter never changes ``serveConfigV2`` (a change there re-deploys the Serve application).
@@ -126,7 +125,7 @@ class RouterArgs(_Frozen):
 
 
 class RuntimeArgs(_Frozen):
-    """Keyword arguments of ``lorafleet_runtime.app:build_app``."""
+    """Keyword arguments of the runtime's application builder."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     model_id: str = Field(min_length=1, pattern=r"^[^:]+$")

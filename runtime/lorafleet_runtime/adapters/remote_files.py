@@ -1,9 +1,14 @@
 """Read adapter files from S3, GCS or a local folder, in chunks, with a deadline.
 
+A catalog's storage (:class:`CatalogStorage`: its URI, endpoint, region and the Secret named
+by the AdapterCatalog) opens one :class:`AdapterFileSource`, made once per storage and Secret
+version (:class:`FileSources`). A storage whose AdapterCatalog or Secret could not be read
+opens nothing: downloads fail with the reason rather than use other credentials.
+
 Chunked reads are what makes the transfer timeout real: the copy checks the deadline between
 chunks and stops, instead of only bounding a lock wait (Ray Serve LLM 2.60's
 ``download_timeout_s``). Errors are classified as the operator classifies them
-(storage_common: StorageUnreachable, AccessDenied, NotFound; plus Timeout) with messages that
+(lorafleet_api.storage: StorageUnreachable, AccessDenied, NotFound; plus Timeout) with messages that
 carry no credentials: the SDK exception text is not passed on."""
 
 from __future__ import annotations
@@ -11,22 +16,55 @@ from __future__ import annotations
 import abc
 import shutil
 import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 from urllib.parse import urlparse
 
-from lorafleet_runtime.storage_common import (
+from lorafleet_api.storage import (
     ACCESS_DENIED,
     NOT_FOUND,
     UNREACHABLE,
     CredentialsError,
     StorageCredentials,
-    gcs_error_reason,
     os_error_reason,
     s3_code_reason,
 )
+from lorafleet_api.storage_sdk import gcs_client_kwargs, gcs_error_reason
 
 CHUNK_BYTES: Final = 1 << 20
+# SDK clients kept per (scheme, endpoint, region, Secret fingerprint).
+MAX_SOURCES: Final = 32
+
+# (scheme, endpoint, region, Secret fingerprint): what makes two storages share an SDK client.
+ClientKey = tuple[str, str | None, str | None, str | None]
+
+
+@dataclass(frozen=True)
+class StorageUnavailable:
+    """Why a catalog's storage must not be opened: its AdapterCatalog or the Secret it names
+    could not be read. Nothing is downloaded then, not even with the pod's own credentials."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CatalogStorage:
+    """Where a catalog's adapters are and how to reach that storage."""
+
+    uri: str
+    endpoint: str | None = None
+    region: str | None = None
+    credentials: StorageCredentials | None = field(default=None, repr=False)
+    unavailable: StorageUnavailable | None = None
+
+    @property
+    def client_key(self) -> ClientKey:
+        """Storages with the same key share one SDK client (a rotated Secret gets a new one)."""
+        secret = self.credentials.fingerprint() if self.credentials else None
+        return (self.uri.split("://", 1)[0], self.endpoint, self.region, secret)
 
 
 class AdapterStorageError(Exception):
@@ -147,22 +185,10 @@ class GcsFileSource(AdapterFileSource):
     def __init__(self, endpoint: str | None, credentials: StorageCredentials | None = None) -> None:
         from google.cloud import storage as gcs
 
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            from google.api_core.client_options import ClientOptions
-
-            kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
-        if credentials is not None:
-            try:
-                kwargs.update(credentials.gcs_client_kwargs())
-            except CredentialsError as err:
-                raise AdapterStorageError(err.reason, str(err)) from None
-        elif endpoint:
-            # An emulator or private endpoint without a Secret: no ADC lookup.
-            from google.auth.credentials import AnonymousCredentials
-
-            anonymous: Any = AnonymousCredentials
-            kwargs.update(credentials=anonymous(), project="lorafleet")
+        try:
+            kwargs = gcs_client_kwargs(endpoint, credentials)
+        except CredentialsError as err:
+            raise AdapterStorageError(err.reason, str(err)) from None
         self._client: Any = gcs.Client(**kwargs)
 
     def _open(self, uri: str) -> IO[bytes]:
@@ -176,22 +202,43 @@ class GcsFileSource(AdapterFileSource):
         return None if reason is None else _error(reason, uri, " (GCS)")
 
 
-def open_file_source(
-    uri: str,
-    endpoint: str | None = None,
-    region: str | None = None,
-    credentials: StorageCredentials | None = None,
-) -> AdapterFileSource:
-    """The source for ``uri``'s scheme, with the catalog's Secret when it names one (else
-    the SDK's standard chain). AdapterStorageError when the Secret does not fit the scheme."""
-    scheme = urlparse(uri).scheme
+def open_file_source(storage: CatalogStorage) -> AdapterFileSource:
+    """The source for the storage's scheme, with the catalog's Secret when it names one (else
+    the SDK's standard chain). AdapterStorageError when the storage is unavailable (its
+    AdapterCatalog or Secret could not be read: fail closed) or the Secret does not fit."""
+    if storage.unavailable is not None:
+        raise AdapterStorageError(storage.unavailable.reason, storage.unavailable.message)
+    scheme = urlparse(storage.uri).scheme
     if scheme == "s3":
-        return S3FileSource(endpoint, region, credentials)
+        return S3FileSource(storage.endpoint, storage.region, storage.credentials)
     if scheme == "gs":
-        return GcsFileSource(endpoint, credentials)
+        return GcsFileSource(storage.endpoint, storage.credentials)
     if scheme == "file":
         return LocalFileSource()
-    raise AdapterStorageError("Unsupported", f"{uri}: unsupported storage scheme {scheme!r}")
+    raise AdapterStorageError(
+        "Unsupported", f"{storage.uri}: unsupported storage scheme {scheme!r}"
+    )
+
+
+class FileSources:
+    """One source per storage and Secret version, made on first use; the oldest goes when
+    more than ``max_sources`` are kept (keys of rotated Secrets)."""
+
+    def __init__(self, max_sources: int = MAX_SOURCES) -> None:
+        self.max_sources = max_sources
+        self._sources: OrderedDict[ClientKey, AdapterFileSource] = OrderedDict()
+
+    def get(self, storage: CatalogStorage) -> AdapterFileSource:
+        if storage.unavailable is not None:
+            return open_file_source(storage)  # raises: never a cached client
+        key = storage.client_key
+        source = self._sources.get(key)
+        if source is None:
+            source = open_file_source(storage)
+            self._sources[key] = source
+            while len(self._sources) > self.max_sources:
+                self._sources.popitem(last=False)
+        return source
 
 
 def remove_tree(path: Path) -> None:

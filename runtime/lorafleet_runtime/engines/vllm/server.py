@@ -1,7 +1,7 @@
 """The LLM replica: Ray Serve LLM's LLMServer with lorafleet's adapter path.
 
 What differs from the stock LoRA path (Ray 2.60): adapters are looked up in the catalogs'
-index (not listed from one bucket prefix); files go through the AdapterStore (verified, atomic,
+index (not listed from one bucket prefix); files go through the AdapterDiskCache (verified, atomic,
 bounded, per-adapter locks, a real timeout); when Serve's multiplex LRU evicts an adapter it is
 removed from vLLM too (vLLM's ``unload_lora_adapter`` only forgets the name, the engine keeps
 the weights); a new revision replaces the old weights under a new LoRA id (so no prefix-cache
@@ -24,37 +24,30 @@ from ray import serve
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
 from ray.serve.llm.deployment import LLMServer
 
-from lorafleet_runtime.adapter_directory import (
-    AdapterDirectory,
-    CatalogStorage,
-    ClientKey,
-    open_index_source,
-)
-from lorafleet_runtime.adapter_storage import (
-    AdapterFileSource,
-    AdapterStorageError,
-    open_file_source,
-)
-from lorafleet_runtime.adapter_store import (
+from lorafleet_api.contract import RuntimeArgs
+from lorafleet_api.naming import split_model
+from lorafleet_runtime.adapters.disk_cache import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_TIMEOUT_SECONDS,
-    AdapterStore,
+    AdapterDiskCache,
 )
-from lorafleet_runtime.admission import judge_adapter
-from lorafleet_runtime.contract import RuntimeArgs
-from lorafleet_runtime.errors import AdapterRequestError
-from lorafleet_runtime.failures import DEFAULT_TTL_SECONDS, FailureMemory
-from lorafleet_runtime.llm_config import EXPERIMENTAL_KEY
+from lorafleet_runtime.adapters.index import AdapterIndex, open_index_source
+from lorafleet_runtime.adapters.remote_files import (
+    AdapterStorageError,
+    CatalogStorage,
+    FileSources,
+)
+from lorafleet_runtime.core.admission import judge_adapter
+from lorafleet_runtime.core.errors import AdapterRequestError
+from lorafleet_runtime.core.failures import DEFAULT_TTL_SECONDS, FailureMemory
+from lorafleet_runtime.core.locks import KeyedLocks
+from lorafleet_runtime.engines.vllm.config import EXPERIMENTAL_KEY
 from lorafleet_runtime.metrics import RuntimeMetrics
-from lorafleet_runtime.model_ids import split_model
-from lorafleet_runtime.storage_common import ACCESS_DENIED
 
 log = logging.getLogger("lorafleet.server")
 
 INDEX_WAIT_SECONDS: Final = 30.0
 DRAIN_SECONDS: Final = 60.0
-# SDK clients kept per (scheme, endpoint, region, Secret fingerprint).
-MAX_SOURCES: Final = 32
 # The adapter the current request leased (set while resolving it, read by _run_request).
 _LEASED: ContextVar[str | None] = ContextVar("lorafleet_leased_adapter", default=None)
 
@@ -86,19 +79,21 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         args = runtime_args_of(llm_config)
         self._args = args
-        self._directory = AdapterDirectory(
+        self._directory = AdapterIndex(
             catalogs=args.catalogs, source=open_index_source(args.catalog_index_dir)
         )
         cache_root = os.environ.get("LORAFLEET_ADAPTER_CACHE") or tempfile.gettempdir()
-        self._store = AdapterStore(
+        self._store = AdapterDiskCache(
             Path(cache_root) / "lorafleet-adapters" / f"replica-{os.getpid()}",
             max_bytes=args.adapter_cache_bytes or DEFAULT_CACHE_BYTES,
             timeout_seconds=args.adapter_download_timeout_s or DEFAULT_TIMEOUT_SECONDS,
         )
         ttl = args.failure_memory_s
         self._failures = FailureMemory(ttl_seconds=DEFAULT_TTL_SECONDS if ttl is None else ttl)
-        self._sources: dict[ClientKey, AdapterFileSource] = {}
-        self._adapter_locks: dict[str, asyncio.Lock] = {}
+        self._sources = FileSources()
+        # Engine registration per adapter (the disk cache has its own per-name locks for
+        # downloads, taken inside these: separate tables, so never re-entered).
+        self._adapter_locks = KeyedLocks()
         self._resident: dict[str, ResidentAdapter] = {}
         self._in_flight: dict[str, int] = {}
         self._drained: dict[str, asyncio.Event] = {}
@@ -198,19 +193,6 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             )
         return found
 
-    def _source(self, storage: CatalogStorage) -> AdapterFileSource:
-        if storage.credentials_error:
-            # A named Secret that cannot be read is not replaced by other credentials.
-            raise AdapterStorageError(ACCESS_DENIED, storage.credentials_error)
-        key = storage.client_key
-        if key not in self._sources:
-            if len(self._sources) >= MAX_SOURCES:  # old keys of rotated Secrets
-                self._sources.pop(next(iter(self._sources)))
-            self._sources[key] = open_file_source(
-                storage.uri, storage.endpoint, storage.region, storage.credentials
-            )
-        return self._sources[key]
-
     async def _fetch(self, name: str) -> tuple[Any, Path]:
         """The catalog record of ``name`` and its verified local folder."""
         remembered = self._failures.recall(name, time.monotonic())
@@ -219,7 +201,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         record, storage = await self._lookup(name)
         tags = self._metrics.tags(name)
         try:
-            report = await self._store.ensure(record, self._source(storage))
+            report = await self._store.ensure(record, self._sources.get(storage))
         except AdapterStorageError as err:
             self._metrics.download_failures.inc(tags={**tags, "reason": err.reason})
             message = f"adapter {name!r} could not be fetched: {err.message}"
@@ -233,7 +215,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
 
     async def _register(self, model_id: str) -> ResidentAdapter:
         name = self._adapter_name(model_id)
-        async with self._adapter_lock(name):
+        async with self._adapter_locks.hold(name):
             record, path = await self._fetch(name)
             await self._engine_add(model_id, path, name)
             resident = ResidentAdapter(self, name, model_id, record.revision)
@@ -245,7 +227,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         found = self._directory.lookup(resident.name)
         if found is None or found[0].revision == resident.revision:
             return
-        async with self._adapter_lock(resident.name):
+        async with self._adapter_locks.hold(resident.name):
             found = self._directory.lookup(resident.name)
             if found is None or found[0].revision == resident.revision:
                 return
@@ -259,7 +241,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         # Serve's LRU chose this adapter; requests already running with it finish first
         # (removing it under them made vLLM answer "model does not exist").
         await self._drain(resident.name)
-        async with self._adapter_lock(resident.name):
+        async with self._adapter_locks.hold(resident.name):
             await self._engine_remove(resident.model_id, resident.name)
             if self._resident.get(resident.name) is resident:
                 del self._resident[resident.name]
@@ -299,15 +281,6 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         await engine._engine_client.remove_lora(lora.lora_int_id)
         self._metrics.adapter_evictions.inc(tags=self._metrics.tags(name))
         log.info("Removed adapter %s from the engine", name)
-
-    def _adapter_lock(self, name: str) -> asyncio.Lock:
-        # Bounded: only adapters that passed the index lookup or are resident get a lock, and
-        # locks of adapters neither resident nor locked are dropped.
-        if len(self._adapter_locks) > 4 * self._args.engine.max_loras + 64:
-            for key in [k for k, v in self._adapter_locks.items() if not v.locked()]:
-                if key not in self._resident:
-                    del self._adapter_locks[key]
-        return self._adapter_locks.setdefault(name, asyncio.Lock())
 
     # ----------------------------------------------------------------- residency
     async def residency(self) -> dict[str, Any]:

@@ -9,8 +9,9 @@ Layout, stable across releases of format version 1 (catalog ``C`` in namespace `
 - Shard ConfigMaps ``lorafleet-catalog.C.0`` … ``lorafleet-catalog.C.<n-1>``, key
   ``adapters.jsonl``: one :class:`AdapterRecord` per line (JSON, sorted by name). An adapter
   lives in shard ``crc32(name) % n``, so adding one adapter rewrites one shard, not all.
-- Every one of them is labelled ``lorafleet.dev/catalog=C`` and
-  ``lorafleet.dev/catalog-index=manifest|shard``, and owned by the AdapterCatalog (deleting
+- Every one of them is labelled ``<API group>/catalog=C`` and
+  ``<API group>/catalog-index=manifest|shard`` (``names.LABEL_CATALOG``,
+  ``names.LABEL_CATALOG_INDEX_PART``), and owned by the AdapterCatalog (deleting
   the catalog garbage-collects its index).
 
 Writers update shards first and the manifest last; a reader takes the manifest, then the shards
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
@@ -34,8 +36,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 FORMAT_VERSION: Final = 1
 
-LABEL_CATALOG: Final = "lorafleet.dev/catalog"
-LABEL_INDEX_PART: Final = "lorafleet.dev/catalog-index"
 PART_MANIFEST: Final = "manifest"
 PART_SHARD: Final = "shard"
 
@@ -181,6 +181,13 @@ def build_index(
         }
     )
     return manifest, {ref.name: text for ref, text in zip(refs, texts, strict=True)}
+
+
+def rank_histogram(records: Iterable[AdapterRecord]) -> dict[int, int]:
+    """Valid adapters per LoRA rank, in rank order (invalid adapters are never served, so
+    never counted)."""
+    counts = Counter(record.rank for record in records if record.valid and record.rank)
+    return {rank: counts[rank] for rank in sorted(counts)}
 
 
 def parse_manifest(text: str) -> IndexManifest:

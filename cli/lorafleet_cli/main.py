@@ -11,7 +11,8 @@ from typing import Any
 import click
 import yaml
 
-from lorafleet_operator import __version__, constants
+from lorafleet_api import names
+from lorafleet_operator import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,10 +63,10 @@ def render(files: tuple[Path, ...], image: str | None) -> None:
     from lorafleet_operator.model.config import OperatorConfig
 
     docs = _read_documents(files)
-    models = [d for d in docs if d.get("kind") == constants.LORAMODEL_KIND]
+    models = [d for d in docs if d.get("kind") == names.LORAMODEL_KIND]
     if not models:
         raise click.ClickException("no LoRAModel found in the given files")
-    catalogs = [d for d in docs if d.get("kind") == constants.ADAPTERCATALOG_KIND]
+    catalogs = [d for d in docs if d.get("kind") == names.ADAPTERCATALOG_KIND]
     config = OperatorConfig(default_image=image) if image else OperatorConfig()
     out = []
     for model in models:
@@ -128,6 +129,28 @@ def render(files: tuple[Path, ...], image: str | None) -> None:
     show_default=True,
     help="How often every LoRAModel is reconciled again, events or not.",
 )
+@click.option(
+    "--catalog-tick-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    envvar="LORAFLEET_CATALOG_TICK_SECONDS",
+    show_default=True,
+    help="How often the catalog loop looks for catalogs whose syncInterval is up.",
+)
+@click.option(
+    "--catalog-fetch-concurrency",
+    type=click.IntRange(min=1),
+    default=32,
+    envvar="LORAFLEET_CATALOG_FETCH_CONCURRENCY",
+    show_default=True,
+    help="Storage requests in flight per catalog sync.",
+)
+@click.option(
+    "--kubeconfig",
+    default=None,
+    envvar="KUBECONFIG",
+    help="Kubeconfig file. Default: ~/.kube/config if present, else in-cluster credentials.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def operator(
     namespaces: tuple[str, ...],
@@ -136,6 +159,9 @@ def operator(
     image: str | None,
     debounce_seconds: float,
     drift_check_seconds: float,
+    catalog_tick_seconds: float,
+    catalog_fetch_concurrency: int,
+    kubeconfig: str | None,
     verbose: bool,
 ) -> None:
     """Run the operator (kopf, standalone) against the current kubeconfig or in-cluster."""
@@ -145,6 +171,9 @@ def operator(
     settings: dict[str, Any] = {
         "debounce_seconds": debounce_seconds,
         "drift_check_seconds": drift_check_seconds,
+        "catalog_tick_seconds": catalog_tick_seconds,
+        "catalog_fetch_concurrency": catalog_fetch_concurrency,
+        "kubeconfig": kubeconfig or None,
     }
     if image:
         settings["default_image"] = image
@@ -214,8 +243,8 @@ def serve(
     import logging
     import tempfile
 
+    from lorafleet_cli.local_serve import LocalServeError, serve_locally
     from lorafleet_operator.errors import LorafleetError
-    from lorafleet_operator.local_serve import LocalServeError, serve_locally
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     docs = _read_documents(files)
@@ -280,7 +309,7 @@ def catalog_scan(
     from lorafleet_operator.errors import LorafleetError
     from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec
     from lorafleet_operator.status import rank_histogram
-    from lorafleet_operator.storage import open_storage, scan_catalog
+    from lorafleet_operator.storage import scan_source
 
     try:
         spec = AdapterCatalogSpec.model_validate(
@@ -292,18 +321,10 @@ def catalog_scan(
                 "maxAdapterSize": max_adapter_size,
             }
         )
-        storage = open_storage(spec.source)
-    except (LorafleetError, ValueError) as err:
-        raise click.ClickException(str(getattr(err, "message", err))) from None
-
-    async def scan() -> Any:
-        try:
-            return await scan_catalog(storage, spec)
-        finally:
-            await storage.close()
-
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
     try:
-        result = asyncio.run(scan())
+        result = asyncio.run(scan_source(spec))
     except LorafleetError as err:
         raise click.ClickException(f"{err.reason}: {err.message}") from None
     records = result.records
@@ -360,5 +381,5 @@ def _human_size(size: int) -> str:
     return f"{size} B"
 
 
-if __name__ == "__main__":  # python -m lorafleet_operator.cli
+if __name__ == "__main__":  # python -m lorafleet_cli.main
     main()

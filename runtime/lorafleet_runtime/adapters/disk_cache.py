@@ -12,23 +12,23 @@ only while someone waits on it)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from lorafleet_runtime.adapter_storage import (
+from lorafleet_api.catalog_index import AdapterRecord
+from lorafleet_api.storage import ACCESS_DENIED, NOT_FOUND
+from lorafleet_runtime.adapters.remote_files import (
     AdapterFileSource,
     AdapterStorageError,
     remove_tree,
 )
-from lorafleet_runtime.catalog_index import AdapterRecord
+from lorafleet_runtime.core.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ PARTIAL_PREFIX: Final = ".partial-"
 DEFAULT_CACHE_BYTES: Final = 10 * 1024**3
 DEFAULT_TIMEOUT_SECONDS: Final = 300.0
 DEFAULT_TRIES: Final = 3
+# Failures another try cannot mend (the others: unreachable storage, a timeout).
+CORRUPT: Final = "Corrupt"
+_FINAL_REASONS: Final = frozenset({ACCESS_DENIED, NOT_FOUND, CORRUPT})
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def folder_name(name: str, revision: str) -> str:
     return f"{name}@{hashlib.sha256(revision.encode()).hexdigest()[:16]}"
 
 
-class AdapterStore:
+class AdapterDiskCache:
     def __init__(
         self,
         root: Path,
@@ -78,7 +81,7 @@ class AdapterStore:
         self.backoff_seconds = backoff_seconds
         self._entries: OrderedDict[str, CachedAdapter] = OrderedDict()  # by name, LRU first
         self._pinned: dict[str, int] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()
         root.mkdir(parents=True, exist_ok=True)
         for leftover in root.glob(PARTIAL_PREFIX + "*"):
             # A download that died with its process: never complete, never loaded.
@@ -108,7 +111,7 @@ class AdapterStore:
     # ------------------------------------------------------------------ download
     async def ensure(self, record: AdapterRecord, source: AdapterFileSource) -> DownloadReport:
         """The verified local folder of ``record``'s revision, downloading it if needed."""
-        async with self._name_lock(record.name):
+        async with self._locks.hold(record.name):
             started = time.monotonic()
             current = self._entries.get(record.name)
             if current is not None and current.revision == record.revision:
@@ -126,7 +129,7 @@ class AdapterStore:
                     written = await self._download(record, source, final)
                     break
                 except AdapterStorageError as err:
-                    if tries >= self.tries or err.reason in {"AccessDenied", "NotFound", "Corrupt"}:
+                    if tries >= self.tries or err.reason in _FINAL_REASONS:
                         raise
                     log.info("Retrying download of %s after %s", record.name, err.reason)
                     await asyncio.sleep(self.backoff_seconds * 2 ** (tries - 1))
@@ -146,7 +149,7 @@ class AdapterStore:
                 )
                 if size != file.size:
                     raise AdapterStorageError(
-                        "Corrupt",
+                        CORRUPT,
                         f"{record.uri}{file.name}: got {size} bytes, the catalog recorded "
                         f"{file.size} (changed since the last sync?)",
                     )
@@ -170,25 +173,11 @@ class AdapterStore:
         for name in list(self._entries):
             if self.used_bytes <= self.max_bytes:
                 return
-            if name in self._pinned or name in self._locks:
+            if name in self._pinned or self._locks.busy(name):
                 continue
             entry = self._entries.pop(name)
             remove_tree(entry.path)
             log.info("Evicted adapter %s from the disk cache", name)
-
-    @contextlib.asynccontextmanager
-    async def _name_lock(self, name: str) -> AsyncIterator[None]:
-        lock, waiters = self._locks.get(name, (asyncio.Lock(), 0))
-        self._locks[name] = (lock, waiters + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, waiters = self._locks[name]
-            if waiters <= 1:
-                del self._locks[name]
-            else:
-                self._locks[name] = (lock, waiters - 1)
 
 
 def _matches(folder: Path, record: AdapterRecord) -> bool:

@@ -4,7 +4,9 @@ The operator's own code turns the LoRAModel into the runtime's arguments and sca
 referenced catalogs (the same validation as a catalog sync); the index is written to a
 directory in the catalog-index format, which the runtime reads instead of ConfigMaps and which
 is re-scanned periodically, so adapters added to storage become servable as in a cluster. The
-runtime itself (Ray Serve + vLLM) runs in a child process: this package never imports ray."""
+runtime itself (Ray Serve + vLLM) runs in a child process (``python -m
+lorafleet_runtime.local``): the CLI never imports ray, so `lorafleet render` and `lorafleet
+operator` work without it."""
 
 from __future__ import annotations
 
@@ -21,16 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from lorafleet_api import names
+from lorafleet_api.catalog_index import AdapterRecord, rank_histogram
+from lorafleet_api.contract import RuntimeArgs
 from lorafleet_operator.builders.runtime_args import render_runtime_args
-from lorafleet_operator.constants import ADAPTERCATALOG_KIND, LORAMODEL_KIND
 from lorafleet_operator.errors import InvalidSpecError
 from lorafleet_operator.model.adaptercatalog import AdapterCatalog
 from lorafleet_operator.model.catalog import CatalogSnapshot
 from lorafleet_operator.model.loramodel import LoRAModel
-from lorafleet_operator.storage import open_storage, scan_catalog
-from lorafleet_runtime.adapter_directory import write_index_directory, write_storage_options
-from lorafleet_runtime.catalog_index import AdapterRecord
-from lorafleet_runtime.contract import RuntimeArgs
+from lorafleet_operator.storage import scan_source
+from lorafleet_runtime.adapters.index import write_index_directory, write_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ class LocalCatalog:
     def rescan(self) -> None:
         """Scan storage again; on failure keep the last good records and say why."""
         try:
-            self.records = asyncio.run(scan_local_catalog(self.catalog, self.records))
+            previous = {r.name: r for r in self.records or []}
+            self.records = asyncio.run(scan_source(self.catalog.spec, None, previous)).records
         except Exception as err:  # noqa: BLE001 - keep serving the last good index
             log.warning("Could not scan catalog %s: %s", self.catalog.name, err)
 
@@ -60,39 +63,23 @@ class LocalCatalog:
 def pick_documents(
     docs: Sequence[Mapping[str, Any]],
 ) -> tuple[Mapping[str, Any], dict[str, AdapterCatalog]]:
-    models = [d for d in docs if d.get("kind") == LORAMODEL_KIND]
+    models = [d for d in docs if d.get("kind") == names.LORAMODEL_KIND]
     if len(models) != 1:
         raise LocalServeError(f"expected exactly one LoRAModel in the files, found {len(models)}")
     catalogs = {}
     for doc in docs:
-        if doc.get("kind") == ADAPTERCATALOG_KIND:
+        if doc.get("kind") == names.ADAPTERCATALOG_KIND:
             catalog = AdapterCatalog.from_object(doc)
             catalogs[catalog.name] = catalog
     return models[0], catalogs
 
 
-async def scan_local_catalog(
-    catalog: AdapterCatalog, previous: list[AdapterRecord] | None
-) -> list[AdapterRecord]:
-    storage = open_storage(catalog.spec.source)
-    try:
-        previous_by_name = {r.name: r for r in previous or []}
-        result = await scan_catalog(storage, catalog.spec, previous_by_name or None)
-        return result.records
-    finally:
-        await storage.close()
-
-
 def snapshot(catalog: AdapterCatalog, records: Sequence[AdapterRecord] | None) -> CatalogSnapshot:
-    histogram: dict[int, int] = {}
-    for record in records or ():
-        if record.valid and record.rank:
-            histogram[record.rank] = histogram.get(record.rank, 0) + 1
     return CatalogSnapshot(
         name=catalog.name,
         namespace=catalog.namespace,
         found=records is not None,
-        rank_histogram=histogram,
+        rank_histogram=rank_histogram(records or ()),
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from lorafleet_runtime.catalog_index import AdapterRecord
+from lorafleet_api.catalog_index import AdapterRecord
+from lorafleet_api.naming import same_base_model
 
 Outcome = Literal["servable", "unknown", "invalid", "incompatible"]
 
@@ -51,7 +52,7 @@ def judge_adapter(
             f"adapter {name!r} has rank {record.rank}, above this model's max_lora_rank "
             f"{max_lora_rank}",
         )
-    if base_model and record.base_model and record.base_model != base_model:
+    if base_model and record.base_model and not same_base_model(base_model, record.base_model):
         return Verdict(
             "incompatible",
             "BaseModelMismatch",

@@ -1,12 +1,16 @@
 """What the operator's catalog scan and the runtime's adapter download share about storage:
-what an SDK failure means (the reason a user sees), and how the Secret named by an
-AdapterCatalog's ``source.credentialsSecretRef`` becomes SDK credentials.
+what an SDK failure means (the reason a user sees), how the Secret named by an
+AdapterCatalog's ``source.credentialsSecretRef`` is decoded and becomes SDK credentials, and
+how an SDK client is set up for a catalog (endpoint, region, credentials).
 
-Both sides import this module, so it stays free of Ray and of the operator; SDK modules are
-imported inside the functions that need them (one scheme's SDK per catalog)."""
+Pure: the SDK-bound parts (classifying google exceptions, building a GCS client's
+arguments) are in ``lorafleet_api.storage_sdk``, which imports each SDK inside the function
+that needs it (one scheme's SDK per catalog)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Mapping
@@ -17,6 +21,9 @@ from typing import Any, Final
 NOT_FOUND: Final = "NotFound"
 ACCESS_DENIED: Final = "AccessDenied"
 UNREACHABLE: Final = "StorageUnreachable"
+# The runtime found a catalog's index but not the AdapterCatalog that says how to reach its
+# storage (deleted, or not readable as the API version it asks for).
+CATALOG_UNAVAILABLE: Final = "CatalogUnavailable"
 
 S3_ACCESS_DENIED_CODES: Final = frozenset(
     {
@@ -49,29 +56,6 @@ def s3_code_reason(code: str) -> str:
     return UNREACHABLE
 
 
-def gcs_error_reason(err: BaseException) -> str | None:
-    """The reason a google-cloud-storage / google-auth exception means; None for a bug."""
-    import requests
-    from google.api_core import exceptions as api_exceptions
-    from google.auth import exceptions as auth_exceptions
-
-    if isinstance(err, api_exceptions.Unauthorized | api_exceptions.Forbidden):
-        return ACCESS_DENIED
-    if isinstance(err, api_exceptions.NotFound):
-        return NOT_FOUND
-    if isinstance(err, auth_exceptions.RefreshError | auth_exceptions.DefaultCredentialsError):
-        return ACCESS_DENIED
-    if isinstance(
-        err,
-        api_exceptions.GoogleAPIError
-        | requests.exceptions.RequestException
-        | auth_exceptions.TransportError
-        | OSError,  # connection resets and timeouts while a blob streams
-    ):
-        return UNREACHABLE
-    return None
-
-
 def os_error_reason(err: BaseException) -> str | None:
     """The reason an OSError from a mounted volume means; None for anything else."""
     if isinstance(err, FileNotFoundError):
@@ -93,10 +77,41 @@ class CredentialsError(ValueError):
 @dataclass(frozen=True)
 class StorageCredentials:
     """Decoded data of a credentials Secret; ``secret_name`` is for messages only. Values
-    never appear in ``repr``; ``secret_values`` lists what messages must be scrubbed of."""
+    never appear in ``repr``; ``secret_values`` lists what messages must be scrubbed of.
+    ``binary_keys`` are keys whose value is not UTF-8 text (no credential we read is binary:
+    they are left out of ``data``, and a message names them when one is needed)."""
 
     secret_name: str
     data: Mapping[str, str] = field(repr=False)
+    binary_keys: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_secret_data(
+        cls, secret_name: str, data: Mapping[str, str] | None
+    ) -> StorageCredentials:
+        """The credentials in a Secret's ``data`` as the API returns it (base64 values).
+
+        A key that is not text does not spoil the others: a Secret may hold more than what
+        the catalog needs (a CA bundle, a binary key for another tool)."""
+        decoded: dict[str, str] = {}
+        binary: set[str] = set()
+        for key, value in (data or {}).items():
+            try:
+                decoded[key] = base64.b64decode(value).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                binary.add(key)
+        return cls(secret_name=secret_name, data=decoded, binary_keys=frozenset(binary))
+
+    def _missing(self, keys: tuple[str, ...], scheme: str) -> CredentialsError:
+        binary = [key for key in keys if key in self.binary_keys]
+        if binary:
+            return CredentialsError(
+                f"Secret {self.secret_name}: {', '.join(binary)} is not UTF-8 text"
+            )
+        return CredentialsError(
+            f"Secret {self.secret_name} needs the key{'s' if len(keys) > 1 else ''} "
+            f"{' and '.join(keys)} for a {scheme}:// source"
+        )
 
     def secret_values(self) -> list[str]:
         """Everything that must never be printed (every value, and the parts of a JSON key)."""
@@ -123,10 +138,7 @@ class StorageCredentials:
         key_id = self.data.get(S3_ACCESS_KEY_ID)
         secret = self.data.get(S3_SECRET_ACCESS_KEY)
         if not key_id or not secret:
-            raise CredentialsError(
-                f"Secret {self.secret_name} needs the keys {S3_ACCESS_KEY_ID} and "
-                f"{S3_SECRET_ACCESS_KEY} for an s3:// source"
-            )
+            raise self._missing((S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY), "s3")
         keys = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
         token = self.data.get(S3_SESSION_TOKEN)
         if token:
@@ -137,9 +149,7 @@ class StorageCredentials:
         """The service-account key as a dict."""
         raw = self.data.get(GCS_SERVICE_ACCOUNT)
         if not raw:
-            raise CredentialsError(
-                f"Secret {self.secret_name} needs the key {GCS_SERVICE_ACCOUNT} for a gs:// source"
-            )
+            raise self._missing((GCS_SERVICE_ACCOUNT,), "gs")
         try:
             info = json.loads(raw)
         except ValueError:
@@ -149,17 +159,3 @@ class StorageCredentials:
         if not isinstance(info, dict):
             raise CredentialsError(f"Secret {self.secret_name}: {GCS_SERVICE_ACCOUNT} is not a key")
         return info
-
-    def gcs_client_kwargs(self) -> dict[str, Any]:
-        """``google.cloud.storage.Client`` keyword arguments: credentials and project."""
-        from google.oauth2 import service_account
-
-        info = self.gcs_service_account()
-        try:
-            from_info: Any = service_account.Credentials.from_service_account_info
-            credentials = from_info(info)
-        except (ValueError, KeyError):
-            raise CredentialsError(
-                f"Secret {self.secret_name}: not a service-account key"
-            ) from None
-        return {"credentials": credentials, "project": info.get("project_id")}

@@ -1,16 +1,16 @@
 """RuntimeArgs → the dicts Ray Serve LLM's builders take. Pure (no ray import), so the
-mapping is unit-tested; app.py hands the result to Ray."""
+mapping is unit-tested; ``lorafleet_runtime.app`` hands the result to Ray."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from lorafleet_runtime.contract import RuntimeArgs
+from lorafleet_api.contract import RuntimeArgs
 
-SERVER_CLS: Final = "lorafleet_runtime.server:LoraFleetServer"
+SERVER_CLS: Final = "lorafleet_runtime.engines.vllm.server:LoraFleetServer"
 INGRESS_CLS: Final = "lorafleet_runtime.ingress:LoraFleetIngress"
 # vLLM resolves this by qualified name inside its workers (dots, not a colon).
-WORKER_EXTENSION_CLS: Final = "lorafleet_runtime.vllm_worker.LoraSlotsExtension"
+WORKER_EXTENSION_CLS: Final = "lorafleet_runtime.engines.vllm.worker.LoraSlotsExtension"
 # Where the replica finds its RuntimeArgs: LLMConfig.experimental_configs is Ray Serve LLM's
 # free-form dict that reaches the server class unchanged.
 EXPERIMENTAL_KEY: Final = "lorafleet_args"
