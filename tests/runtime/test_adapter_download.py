@@ -16,7 +16,7 @@ from pathlib import Path
 from lorafleet_api.catalog_index import AdapterRecord
 from lorafleet_api.storage import StorageCredentials
 from lorafleet_runtime.adapters.disk_cache import PARTIAL_PREFIX, AdapterDiskCache
-from lorafleet_runtime.adapters.remote_files import open_file_source
+from lorafleet_runtime.adapters.remote_files import CatalogStorage, open_file_source
 from lorafleet_testbed.storage import MinioServer
 
 BUCKET = "killed-download"
@@ -27,13 +27,15 @@ CHILD = textwrap.dedent(
     """
     import asyncio, json, sys, time
     from pathlib import Path
-    from lorafleet_runtime import adapter_storage
+    from lorafleet_runtime.adapters import remote_files
     from lorafleet_runtime.adapters.disk_cache import AdapterDiskCache
     from lorafleet_api.catalog_index import AdapterRecord
 
-    adapter_storage.CHUNK_BYTES = 256 * 1024
+    remote_files.CHUNK_BYTES = 256 * 1024
     record = AdapterRecord.model_validate_json(sys.argv[2])
-    source = adapter_storage.open_file_source(record.uri, sys.argv[3], "us-east-1")
+    source = remote_files.open_file_source(
+        remote_files.CatalogStorage(uri=record.uri, endpoint=sys.argv[3], region="us-east-1")
+    )
     opened = source._open
 
     class Slow:
@@ -118,6 +120,8 @@ def test_killed_download_leaves_nothing_loadable(minio: MinioServer, tmp_path: P
         secret_name="test/minio",
         data={"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key},
     )
-    source = open_file_source(record.uri, minio.endpoint, minio.region, credentials)
+    source = open_file_source(
+        CatalogStorage(record.uri, minio.endpoint, minio.region, credentials=credentials)
+    )
     report = asyncio.run(store.ensure(record, source))
     assert (report.adapter.path / "adapter_model.safetensors").stat().st_size == WEIGHTS

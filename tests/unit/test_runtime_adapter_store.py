@@ -15,13 +15,16 @@ from lorafleet_api.storage import StorageCredentials
 from lorafleet_runtime.adapters.disk_cache import PARTIAL_PREFIX, AdapterDiskCache
 from lorafleet_runtime.adapters.index import (
     AdapterIndex,
-    CatalogStorage,
     DirectoryIndexSource,
     StorageOptions,
     write_index_directory,
     write_storage_options,
 )
-from lorafleet_runtime.adapters.remote_files import AdapterStorageError, LocalFileSource
+from lorafleet_runtime.adapters.remote_files import (
+    AdapterStorageError,
+    CatalogStorage,
+    LocalFileSource,
+)
 
 
 def _adapter(root: Path, name: str, payload: bytes) -> AdapterRecord:
