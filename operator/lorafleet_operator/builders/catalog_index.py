@@ -21,7 +21,6 @@ from lorafleet_api.names import (
     ADAPTERCATALOG_KIND,
     ANNOTATION_INDEX_DIGEST,
     ANNOTATION_VALIDATION_SETTINGS,
-    API_GROUP_VERSION,
     APP_NAME,
     FIELD_MANAGER,
     LABEL_CATALOG,
@@ -32,6 +31,7 @@ from lorafleet_api.names import (
     LABEL_NAME,
     LABEL_PART_OF,
 )
+from lorafleet_operator.builders.manifest import owner_reference
 from lorafleet_operator.constants import COMPONENT_CATALOG_INDEX
 from lorafleet_operator.model.adaptercatalog import AdapterCatalog
 
@@ -75,14 +75,9 @@ def _configmap(
         # The catalog owns its index: deleting it garbage-collects every ConfigMap. No
         # blockOwnerDeletion: nothing needs the index once the catalog is gone.
         metadata["ownerReferences"] = [
-            {
-                "apiVersion": API_GROUP_VERSION,
-                "kind": ADAPTERCATALOG_KIND,
-                "name": catalog.name,
-                "uid": catalog.uid,
-                "controller": True,
-                "blockOwnerDeletion": False,
-            }
+            owner_reference(
+                ADAPTERCATALOG_KIND, catalog.name, catalog.uid, block_owner_deletion=False
+            )
         ]
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {key: text}}
 

@@ -24,7 +24,6 @@ import yaml
 from lorafleet_api.contract import RuntimeArgs
 from lorafleet_api.names import (
     ANNOTATION_SPEC_HASH,
-    API_GROUP_VERSION,
     APP_NAME,
     FIELD_MANAGER,
     LABEL_COMPONENT,
@@ -37,6 +36,7 @@ from lorafleet_api.names import (
     RUNTIME_IMPORT_PATH,
     SERVE_APPLICATION_NAME,
 )
+from lorafleet_operator.builders.manifest import owner_reference
 from lorafleet_operator.builders.names import rayservice_name
 from lorafleet_operator.builders.runtime_args import render_runtime_args
 from lorafleet_operator.constants import (
@@ -73,14 +73,7 @@ def render_rayservice(
     }
     if model.uid:
         metadata["ownerReferences"] = [
-            {
-                "apiVersion": API_GROUP_VERSION,
-                "kind": LORAMODEL_KIND,
-                "name": model.name,
-                "uid": model.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
+            owner_reference(LORAMODEL_KIND, model.name, model.uid, block_owner_deletion=True)
         ]
     rayservice: dict[str, Any] = {
         "apiVersion": RAY_API_GROUP_VERSION,
