@@ -8,10 +8,12 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 import pytest
+
+if TYPE_CHECKING:
+    import openai
 
 from lorafleet_runtime.adapters.index import STORAGE_REFRESH_SECONDS
 
@@ -29,6 +31,10 @@ PROMPT_TEXT = "The quick brown fox"
 
 
 def _client(deployment: Deployment) -> openai.OpenAI:
+    # Imported here, not at module level: openai comes with the runtime extra, and
+    # `make test-unit` (`pytest -m unit`) must collect in a venv without it.
+    import openai
+
     return openai.OpenAI(base_url=deployment.base_url, api_key="unused", max_retries=0)
 
 
