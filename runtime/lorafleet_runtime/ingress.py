@@ -66,7 +66,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
     ) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         self._args = RuntimeArgs.from_serve_args(lorafleet_args)
-        self._directory = AdapterIndex(
+        self._index = AdapterIndex(
             catalogs=self._args.catalogs,
             source=open_index_source(self._args.catalog_index_dir),
             read_storage_options=False,  # the ingress downloads nothing
@@ -75,7 +75,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         self._failures = FailureMemory(ttl_seconds=DEFAULT_TTL_SECONDS if ttl is None else ttl)
         self._handles: OrderedDict[str, Any] = OrderedDict()
         self._metrics = RuntimeMetrics()
-        self._directory.start()
+        self._index.start()
 
     # ----------------------------------------------------------------- admission
     async def _get_model_id(self, model: str | None) -> str:
@@ -89,8 +89,8 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
                 "NotFoundError",
                 f"The model {model_id!r} does not exist: not a valid adapter name.",
             )
-        await self._directory.wait_ready(INDEX_WAIT_SECONDS)
-        found = self._directory.lookup(adapter)
+        await self._index.wait_ready(INDEX_WAIT_SECONDS)
+        found = self._index.lookup(adapter)
         verdict = judge_adapter(
             adapter,
             found[0] if found else None,
@@ -130,7 +130,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         model = getattr(body, "model", None) or self._args.model_id
         adapter = split_model(model, self._args.model_id)[1]
         # Names not in the index never get a label of their own (they all count as "other").
-        known = adapter is None or self._directory.lookup(adapter) is not None
+        known = adapter is None or self._index.lookup(adapter) is not None
         tags = self._metrics.tags(adapter, known=known)
         self._metrics.requests.inc(tags=tags)
         try:
@@ -164,7 +164,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
     def _adapter_cards(self) -> list[dict[str, Any]]:
         base = self._model_cards[self._args.model_id]
         cards = []
-        for record in self._directory.records():
+        for record in self._index.records():
             verdict = judge_adapter(
                 record.name, record, max_lora_rank=self._args.engine.max_lora_rank
             )
@@ -191,7 +191,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         return cards
 
     async def models(self) -> JSONResponse:  # type: ignore[override]
-        await self._directory.wait_ready(INDEX_WAIT_SECONDS)
+        await self._index.wait_ready(INDEX_WAIT_SECONDS)
         base = self._model_cards[self._args.model_id].model_dump(mode="json")
         return JSONResponse({"object": "list", "data": [base, *self._adapter_cards()]})
 

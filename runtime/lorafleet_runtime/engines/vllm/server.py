@@ -79,11 +79,11 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         args = runtime_args_of(llm_config)
         self._args = args
-        self._directory = AdapterIndex(
+        self._index = AdapterIndex(
             catalogs=args.catalogs, source=open_index_source(args.catalog_index_dir)
         )
         cache_root = os.environ.get("LORAFLEET_ADAPTER_CACHE") or tempfile.gettempdir()
-        self._store = AdapterDiskCache(
+        self._disk_cache = AdapterDiskCache(
             Path(cache_root) / "lorafleet-adapters" / f"replica-{os.getpid()}",
             max_bytes=args.adapter_cache_bytes or DEFAULT_CACHE_BYTES,
             timeout_seconds=args.adapter_download_timeout_s or DEFAULT_TIMEOUT_SECONDS,
@@ -99,7 +99,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         self._drained: dict[str, asyncio.Event] = {}
         self._metrics = RuntimeMetrics()
         await super().__init__(llm_config, **kwargs)
-        self._directory.start()
+        self._index.start()
 
     # ----------------------------------------------------------------- Serve's multiplexing
     def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
@@ -176,12 +176,12 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         return adapter
 
     async def _lookup(self, name: str) -> tuple[Any, CatalogStorage]:
-        await self._directory.wait_ready(INDEX_WAIT_SECONDS)
-        found = self._directory.lookup(name)
+        await self._index.wait_ready(INDEX_WAIT_SECONDS)
+        found = self._index.lookup(name)
         if found is None:
             # The ingress may have seen a newer index than this replica: read it once more.
-            await self._directory.refresh()
-            found = self._directory.lookup(name)
+            await self._index.refresh()
+            found = self._index.lookup(name)
         verdict = judge_adapter(
             name,
             found[0] if found else None,
@@ -201,7 +201,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         record, storage = await self._lookup(name)
         tags = self._metrics.tags(name)
         try:
-            report = await self._store.ensure(record, self._sources.get(storage))
+            report = await self._disk_cache.ensure(record, self._sources.get(storage))
         except AdapterStorageError as err:
             self._metrics.download_failures.inc(tags={**tags, "reason": err.reason})
             message = f"adapter {name!r} could not be fetched: {err.message}"
@@ -220,15 +220,15 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             await self._engine_add(model_id, path, name)
             resident = ResidentAdapter(self, name, model_id, record.revision)
             self._resident[name] = resident
-            self._store.pin(name)
+            self._disk_cache.pin(name)
             return resident
 
     async def _refresh_revision(self, resident: ResidentAdapter) -> None:
-        found = self._directory.lookup(resident.name)
+        found = self._index.lookup(resident.name)
         if found is None or found[0].revision == resident.revision:
             return
         async with self._adapter_locks.hold(resident.name):
-            found = self._directory.lookup(resident.name)
+            found = self._index.lookup(resident.name)
             if found is None or found[0].revision == resident.revision:
                 return
             record, path = await self._fetch(resident.name)
@@ -245,7 +245,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             await self._engine_remove(resident.model_id, resident.name)
             if self._resident.get(resident.name) is resident:
                 del self._resident[resident.name]
-            self._store.unpin(resident.name)
+            self._disk_cache.unpin(resident.name)
 
     async def _engine_add(self, model_id: str, path: Path, name: str) -> None:
         started = time.monotonic()
@@ -318,8 +318,8 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             "cpu": cpu,
             "engine": sorted(registered.values()),
             "multiplexed": sorted(self._resident),
-            "disk": sorted(entry.name for entry in self._store.cached()),
-            "disk_bytes": self._store.used_bytes,
+            "disk": sorted(entry.name for entry in self._disk_cache.cached()),
+            "disk_bytes": self._disk_cache.used_bytes,
             "max_loras": self._args.engine.max_loras,
         }
 
