@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+import tomllib
 
 from lorafleet_testbed.toolchain import REPO_ROOT
 
@@ -49,11 +49,10 @@ def test_the_runtime_image_copies_only_the_api_and_the_runtime() -> None:
     assert copied == {"api", "runtime"}
 
 
-def test_the_lorafleet_wheel_does_not_carry_the_test_bed(tmp_path: Path) -> None:
-    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    assert (
-        "lorafleet_testbed"
-        not in pyproject.split("[tool.setuptools.packages.find]")[1].split(
-            "[tool.setuptools.package-data]"
-        )[0]
-    )
+def test_the_lorafleet_wheel_does_not_carry_the_test_bed() -> None:
+    find = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]
+    assert sorted(find["where"]) == ["api", "cli", "operator", "runtime"]
+    assert not any(pattern.startswith("lorafleet_testbed") for pattern in find["include"])
+    assert (REPO_ROOT / "tools" / "pyproject.toml").exists()  # its own dev package

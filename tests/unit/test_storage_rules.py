@@ -56,14 +56,14 @@ def test_a_binary_key_in_a_secret_does_not_spoil_the_credentials() -> None:
 def test_a_needed_key_that_is_not_text_is_named_without_its_value() -> None:
     data = {
         "AWS_ACCESS_KEY_ID": _b64(b"AKIDEXAMPLE"),
-        "AWS_SECRET_ACCESS_KEY": _b64(b"\xff\xfesecret"),
+        "AWS_SECRET_ACCESS_KEY": _b64(b"\xff\xfes3cr3t-value"),
     }
     credentials = StorageCredentials.from_secret_data("ns/s3", data)
     with pytest.raises(CredentialsError) as caught:
         credentials.s3_keys()
     message = str(caught.value)
     assert "AWS_SECRET_ACCESS_KEY is not UTF-8 text" in message
-    assert "ns/s3" in message and "secret" not in message.replace("Secret", "")
+    assert "ns/s3" in message and "s3cr3t-value" not in message
 
 
 def test_a_missing_key_says_which_keys_the_scheme_needs() -> None:
@@ -149,3 +149,18 @@ def test_an_unavailable_catalog_storage_opens_nothing_and_is_never_cached(
         with pytest.raises(AdapterStorageError):
             sources.get(storage)
     assert opened == []
+
+
+def test_an_unavailable_storage_never_gets_the_cached_client_of_an_available_one() -> None:
+    # Same scheme, endpoint, region and no Secret: the same client key as a storage that was
+    # fine a moment ago (its AdapterCatalog since deleted). The cache must not answer for it.
+    sources = FileSources()
+    fine = CatalogStorage(uri="file:///mnt/loras")
+    assert sources.get(fine) is sources.get(fine)
+    gone = CatalogStorage(
+        uri="file:///mnt/loras",
+        unavailable=StorageUnavailable(CATALOG_UNAVAILABLE, "AdapterCatalog ns/c does not exist"),
+    )
+    assert gone.client_key == fine.client_key
+    with pytest.raises(AdapterStorageError, match="does not exist"):
+        sources.get(gone)

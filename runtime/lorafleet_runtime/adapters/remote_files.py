@@ -202,12 +202,16 @@ class GcsFileSource(AdapterFileSource):
         return None if reason is None else _error(reason, uri, " (GCS)")
 
 
+def _check_available(storage: CatalogStorage) -> None:
+    if storage.unavailable is not None:
+        raise AdapterStorageError(storage.unavailable.reason, storage.unavailable.message)
+
+
 def open_file_source(storage: CatalogStorage) -> AdapterFileSource:
     """The source for the storage's scheme, with the catalog's Secret when it names one (else
     the SDK's standard chain). AdapterStorageError when the storage is unavailable (its
     AdapterCatalog or Secret could not be read: fail closed) or the Secret does not fit."""
-    if storage.unavailable is not None:
-        raise AdapterStorageError(storage.unavailable.reason, storage.unavailable.message)
+    _check_available(storage)
     scheme = urlparse(storage.uri).scheme
     if scheme == "s3":
         return S3FileSource(storage.endpoint, storage.region, storage.credentials)
@@ -229,8 +233,8 @@ class FileSources:
         self._sources: OrderedDict[ClientKey, AdapterFileSource] = OrderedDict()
 
     def get(self, storage: CatalogStorage) -> AdapterFileSource:
-        if storage.unavailable is not None:
-            return open_file_source(storage)  # raises: never a cached client
+        # Before the cache: an unavailable storage may share its key with a cached client.
+        _check_available(storage)
         key = storage.client_key
         source = self._sources.get(key)
         if source is None:
