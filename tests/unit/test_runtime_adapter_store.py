@@ -16,7 +16,6 @@ from lorafleet_runtime.adapters.disk_cache import PARTIAL_PREFIX, AdapterDiskCac
 from lorafleet_runtime.adapters.index import (
     AdapterIndex,
     DirectoryIndexSource,
-    StorageOptions,
     write_index_directory,
     write_storage_options,
 )
@@ -199,9 +198,9 @@ def test_a_directory_that_downloads_nothing_never_reads_storage_options(tmp_path
     class CountingSource(DirectoryIndexSource):
         reads = 0
 
-        async def storage_options(self, catalog: CatalogRef) -> StorageOptions:
+        async def storage(self, catalog: CatalogRef, uri: str) -> CatalogStorage:
             CountingSource.reads += 1
-            return await super().storage_options(catalog)
+            return await super().storage(catalog, uri)
 
     index = tmp_path / "index"
     write_index_directory(index, "c", "ns", "file:///b", [_adapter(tmp_path / "b", "a", b"1")])

@@ -50,20 +50,6 @@ STORAGE_REFRESH_SECONDS: Final = 30.0
 
 
 @dataclass(frozen=True)
-class StorageOptions:
-    """How to reach a catalog's storage, from its AdapterCatalog: endpoint, region and the
-    Secret named by ``credentialsSecretRef`` (decoded; values never in repr). Without a
-    Secret the SDKs use the pod's standard chain (env, IRSA, Workload Identity).
-    ``unavailable`` says why the AdapterCatalog or its Secret could not be read (downloads
-    then fail with that reason rather than silently use other credentials)."""
-
-    endpoint: str | None = None
-    region: str | None = None
-    credentials: StorageCredentials | None = field(default=None, repr=False)
-    unavailable: StorageUnavailable | None = None
-
-
-@dataclass(frozen=True)
 class CatalogIndex:
     catalog: str
     digest: str
@@ -81,9 +67,12 @@ class IndexSource(abc.ABC):
     @abc.abstractmethod
     async def shard_texts(self, catalog: CatalogRef, names: Sequence[str]) -> dict[str, str]: ...
 
-    async def storage_options(self, catalog: CatalogRef) -> StorageOptions:
-        """How to reach the catalog's storage, as far as the source knows."""
-        return StorageOptions()
+    async def storage(self, catalog: CatalogRef, uri: str) -> CatalogStorage:
+        """How to reach the catalog's storage at ``uri``, as far as the source knows: the
+        AdapterCatalog's endpoint and region and the Secret named by
+        ``credentialsSecretRef`` (without one, the SDKs use the pod's standard chain), or
+        why those could not be read (then nothing is downloaded)."""
+        return CatalogStorage(uri=uri)
 
     async def close(self) -> None:
         return None
@@ -99,14 +88,14 @@ class DirectoryIndexSource(IndexSource):
         path = self.root / manifest_name(catalog.name) / MANIFEST_KEY
         return await asyncio.to_thread(_read_or_none, path)
 
-    async def storage_options(self, catalog: CatalogRef) -> StorageOptions:
+    async def storage(self, catalog: CatalogRef, uri: str) -> CatalogStorage:
         # No Secrets in a directory: local runs use the standard chains (env and so on).
         path = self.root / manifest_name(catalog.name) / STORAGE_OPTIONS_FILE
         text = await asyncio.to_thread(_read_or_none, path)
         if text is None:
-            return StorageOptions()
+            return CatalogStorage(uri=uri)
         options = json.loads(text)
-        return StorageOptions(endpoint=options.get("endpoint"), region=options.get("region"))
+        return CatalogStorage(uri, endpoint=options.get("endpoint"), region=options.get("region"))
 
     async def shard_texts(self, catalog: CatalogRef, names: Sequence[str]) -> dict[str, str]:
         texts: dict[str, str] = {}
@@ -177,7 +166,7 @@ class KubernetesIndexSource(IndexSource):
         )
         return {name: text for name, text in zip(names, texts, strict=True) if text is not None}
 
-    async def storage_options(self, catalog: CatalogRef) -> StorageOptions:
+    async def storage(self, catalog: CatalogRef, uri: str) -> CatalogStorage:
         from kubernetes_asyncio.client.exceptions import ApiException
 
         await self._connect()
@@ -197,20 +186,21 @@ class KubernetesIndexSource(IndexSource):
             # collected; or not served as this version): its endpoint and Secret are
             # unknown, and the pod's own credentials must not stand in for them.
             what = "does not exist" if err.status == 404 else "may not be read (RBAC)"
-            return StorageOptions(
+            return CatalogStorage(
+                uri,
                 unavailable=StorageUnavailable(
                     CATALOG_UNAVAILABLE,
                     f"AdapterCatalog {where} {what} ({names.API_GROUP_VERSION}): its storage "
                     "credentials are unknown, so nothing is downloaded from it",
-                )
+                ),
             )
         source = (obj.get("spec") or {}).get("source") or {}
         endpoint, region = source.get("endpoint"), source.get("region")
         secret_name = (source.get("credentialsSecretRef") or {}).get("name")
         if not secret_name:
-            return StorageOptions(endpoint=endpoint, region=region)
+            return CatalogStorage(uri, endpoint=endpoint, region=region)
         credentials, unavailable = await self._credentials(catalog.namespace, secret_name)
-        return StorageOptions(endpoint, region, credentials, unavailable)
+        return CatalogStorage(uri, endpoint, region, credentials, unavailable)
 
     async def _credentials(
         self, namespace: str, name: str
@@ -323,16 +313,10 @@ class AdapterIndex:
     async def _storage(self, catalog: CatalogRef, uri: str) -> CatalogStorage:
         if not self.read_storage_options:
             return CatalogStorage(uri=uri)
-        options = await self.source.storage_options(catalog)
-        if options.unavailable:
-            log.warning("Catalog %s: %s", catalog.name, options.unavailable.message)
-        return CatalogStorage(
-            uri=uri,
-            endpoint=options.endpoint,
-            region=options.region,
-            credentials=options.credentials,
-            unavailable=options.unavailable,
-        )
+        storage = await self.source.storage(catalog, uri)
+        if storage.unavailable:
+            log.warning("Catalog %s: %s", catalog.name, storage.unavailable.message)
+        return storage
 
     def start(self) -> None:
         """Refresh now and then every ``refresh_seconds`` on the running loop."""
