@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 SCHEMA_VERSION: Final = 1
 
@@ -26,7 +26,15 @@ SUPPORTED_MAX_LORA_RANKS: Final[tuple[MaxLoraRank, ...]] = get_args(MaxLoraRank)
 # vLLM's ``ModelDType`` (vllm/config/model.py).
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 
-RouterPolicy = Literal["adapter-affinity", "ray-default"]
+# lorafleet: lorafleet's placement (the default); affinity: the seed's algorithm (holder, else a
+# less busy replica, else power of two choices); ray: Ray Serve's own router.
+RouterPolicy = Literal["lorafleet", "affinity", "ray"]
+ROUTER_POLICIES: Final[tuple[RouterPolicy, ...]] = get_args(RouterPolicy)
+# Values earlier versions accepted, and what they mean now.
+DEPRECATED_ROUTER_POLICIES: Final[dict[str, RouterPolicy]] = {
+    "adapter-affinity": "lorafleet",
+    "ray-default": "ray",
+}
 
 # Engine arguments the runtime derives from typed fields. Letting the passthrough set them
 # would break the invariants the operator promises (e.g. Ray Serve's
@@ -117,11 +125,17 @@ class AutoscalingArgs(_Frozen):
 
 
 class RouterArgs(_Frozen):
-    """Request routing between replicas."""
+    """Request routing between replicas (``LoRAModel.spec.router``)."""
 
-    policy: RouterPolicy = "adapter-affinity"
+    policy: RouterPolicy = "lorafleet"
     max_replicas_per_adapter: int | None = Field(default=None, ge=1)
     load_bound_factor: float | None = Field(default=None, ge=1)
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _migrate_policy(cls, value: Any) -> Any:
+        """Arguments an older operator rendered keep working under the new names."""
+        return DEPRECATED_ROUTER_POLICIES.get(value, value) if isinstance(value, str) else value
 
 
 class RuntimeArgs(_Frozen):

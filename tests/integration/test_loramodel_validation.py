@@ -1,5 +1,6 @@
 """Bad LoRAModels are refused by the real API server (CRD schema and CEL rules) with a
-message that names the field and says what is wrong, before the operator ever sees them."""
+message that names the field and says what is wrong, before the operator ever sees them; every
+router policy, old names included, is accepted."""
 
 from __future__ import annotations
 
@@ -93,12 +94,30 @@ CASES: list[tuple[str, Mutation, str]] = [
     (
         "unknown router policy",
         _spec("router", {"policy": "random"}),
-        'spec.router.policy: Unsupported value: "random"',
+        'spec.router.policy: Unsupported value: "random": supported values: "lorafleet", '
+        '"affinity", "ray", "adapter-affinity", "ray-default"',
     ),
     (
         "load bound below 1",
         _spec("router", {"loadBoundFactor": 0.5}),
         "spec.router.loadBoundFactor in body should be greater than or equal to 1",
+    ),
+    (
+        "load bound above 10",
+        _spec("router", {"loadBoundFactor": 12}),
+        "spec.router.loadBoundFactor in body should be less than or equal to 10",
+    ),
+    (
+        "replicas per adapter with policy ray",
+        _spec("router", {"policy": "ray", "maxReplicasPerAdapter": 2}),
+        "spec.router: Invalid value: router.maxReplicasPerAdapter applies to policy "
+        "lorafleet only (affinity and ray ignore it): remove it or set policy: lorafleet",
+    ),
+    (
+        "load bound with policy affinity",
+        _spec("router", {"policy": "affinity", "loadBoundFactor": 1.5}),
+        "spec.router: Invalid value: router.loadBoundFactor applies to policy "
+        "lorafleet only (affinity and ray ignore it): remove it or set policy: lorafleet",
     ),
     ("catalog without a name", _spec("catalogs", [{}]), "spec.catalogs[0].name: Required value"),
 ]
@@ -113,6 +132,41 @@ def _create(plane: ControlPlane, obj: dict[str, Any]) -> tuple[int, str]:
 
 def test_the_valid_base_is_accepted(control_plane: ControlPlane) -> None:
     assert _create(control_plane, VALID) == (0, "")
+
+
+def test_without_a_router_the_policy_defaults_to_lorafleet(control_plane: ControlPlane) -> None:
+    result = control_plane.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", "-", input_text=json.dumps(VALID)
+    )
+    assert json.loads(result.stdout)["spec"]["router"] == {"policy": "lorafleet"}
+
+
+ACCEPTED_ROUTERS: list[tuple[str, dict[str, Any]]] = [
+    ("lorafleet", {"policy": "lorafleet"}),
+    ("affinity", {"policy": "affinity"}),
+    ("ray", {"policy": "ray"}),
+    (
+        "lorafleet with its knobs",
+        {"policy": "lorafleet", "maxReplicasPerAdapter": 2, "loadBoundFactor": 10},
+    ),
+    # Deprecated names: existing manifests still apply (the operator warns).
+    ("adapter-affinity", {"policy": "adapter-affinity"}),
+    ("ray-default", {"policy": "ray-default"}),
+    ("adapter-affinity with knobs", {"policy": "adapter-affinity", "maxReplicasPerAdapter": 2}),
+    # Accepted before the rename (the knobs were ignored), so still accepted.
+    ("ray-default with knobs", {"policy": "ray-default", "loadBoundFactor": 1.5}),
+]
+
+
+@pytest.mark.parametrize(
+    "router", [r for _, r in ACCEPTED_ROUTERS], ids=[name for name, _ in ACCEPTED_ROUTERS]
+)
+def test_router_policies_old_and_new_are_accepted(
+    control_plane: ControlPlane, router: dict[str, Any]
+) -> None:
+    obj = copy.deepcopy(VALID)
+    obj["spec"]["router"] = router
+    assert _create(control_plane, obj) == (0, "")
 
 
 @pytest.mark.parametrize(

@@ -184,10 +184,91 @@ def test_reapplying_the_same_spec_writes_nothing(
     assert after["metadata"]["resourceVersion"] == before
 
 
-def _handled_after_touch(plane: ControlPlane, ns: str) -> bool:
-    model = get_json(plane, "loramodel", "qwen", "-n", ns)
+def _handled_after_touch(plane: ControlPlane, ns: str, name: str = "qwen") -> bool:
+    model = get_json(plane, "loramodel", name, "-n", ns)
     last = model["metadata"].get("annotations", {}).get("lorafleet.dev/last-handled-configuration")
     return bool(last) and "touched" in last
+
+
+DEPRECATED_POLICY_MESSAGE = (
+    'spec.router.policy "adapter-affinity" is deprecated: it now means "lorafleet"; '
+    "write policy: lorafleet (adapter-affinity was the default: objects created without a "
+    "policy store it too)"
+)
+
+
+def _events(plane: ControlPlane, ns: str, name: str, reason: str) -> list[dict[str, Any]]:
+    selector = f"involvedObject.name={name},reason={reason}"
+    result = plane.kubectl("get", "events", "-n", ns, "--field-selector", selector, "-o", "json")
+    items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
+    return items
+
+
+def test_a_deprecated_router_policy_still_serves_and_the_user_is_told_once(
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+) -> None:
+    ns = _namespace(control_plane, "op-deprecated")
+    old = {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "LoRAModel",
+        "metadata": {"name": "old", "namespace": ns},
+        "spec": {
+            "baseModel": {"source": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "router": {"policy": "adapter-affinity"},
+        },
+    }
+    _apply(control_plane, old, ns)
+    rs = eventually(lambda: _rayservice_for(control_plane, ns, "old"), what="the RayService")
+    assert _serve_args(rs)["router"] == {"policy": "lorafleet"}
+    model = eventually(
+        lambda: (
+            (m := get_json(control_plane, "loramodel", "old", "-n", ns))
+            .get("status", {})
+            .get("warnings")
+            and m
+        ),
+        what="status.warnings",
+    )
+    assert model["status"]["warnings"] == [DEPRECATED_POLICY_MESSAGE]
+    (event,) = eventually(
+        lambda: _events(control_plane, ns, "old", "DeprecatedRouterPolicy"),
+        what="the DeprecatedRouterPolicy Event",
+    )
+    assert (event["type"], event["message"]) == ("Warning", DEPRECATED_POLICY_MESSAGE)
+
+    # Another reconcile of the same generation (kopf's update handler) tells nothing new.
+    control_plane.kubectl("annotate", "loramodel", "old", "-n", ns, "touched=1")
+    eventually(
+        lambda: _handled_after_touch(control_plane, ns, "old"),
+        timeout=30,
+        what="the operator to handle the touched LoRAModel",
+    )
+    assert len(_events(control_plane, ns, "old", "DeprecatedRouterPolicy")) == 1
+
+    # Writing the new name clears the warning and re-deploys nothing: the same arguments.
+    control_plane.kubectl(
+        "patch",
+        "loramodel",
+        "old",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"router": {"policy": "lorafleet"}}}',
+    )
+    eventually(
+        lambda: (
+            (status := get_json(control_plane, "loramodel", "old", "-n", ns).get("status", {})).get(
+                "observedGeneration"
+            )
+            == 2
+            and "warnings" not in status
+        ),
+        what="status without warnings for the edited spec",
+    )
+    after = _rayservice_for(control_plane, ns, "old")
+    assert after["metadata"]["resourceVersion"] == rs["metadata"]["resourceVersion"]
+    assert len(_events(control_plane, ns, "old", "DeprecatedRouterPolicy")) == 1
 
 
 def test_deleting_the_loramodel_garbage_collects_the_rayservice(

@@ -10,7 +10,12 @@ from typing import Any, get_args
 import pytest
 
 from lorafleet_api import naming
-from lorafleet_api.contract import SUPPORTED_MAX_LORA_RANKS, Dtype, RouterPolicy
+from lorafleet_api.contract import (
+    DEPRECATED_ROUTER_POLICIES,
+    ROUTER_POLICIES,
+    SUPPORTED_MAX_LORA_RANKS,
+    Dtype,
+)
 from lorafleet_api.names import (
     API_GROUP,
     API_VERSION,
@@ -110,6 +115,7 @@ def test_both_spec_and_status_are_spelled_out(loramodel_schema: dict[str, Any]) 
         "modelId",
         "maxLoraRank",
         "adapters",
+        "warnings",
     } <= set(status)
     assert status["adapters"]["properties"]["incompatibleNames"]["maxItems"] == 20
 
@@ -164,7 +170,9 @@ def test_rank_enum_is_exactly_what_vllm_supports(loramodel_schema: dict[str, Any
 
 def test_enums_match_the_contract(loramodel_schema: dict[str, Any]) -> None:
     assert tuple(_spec_field(loramodel_schema, "engine.dtype")["enum"]) == get_args(Dtype)
-    assert tuple(_spec_field(loramodel_schema, "router.policy")["enum"]) == get_args(RouterPolicy)
+    assert tuple(_spec_field(loramodel_schema, "router.policy")["enum"]) == get_args(
+        model_module.RouterPolicySpelling
+    )
     assert tuple(_spec_field(loramodel_schema, "upgradeStrategy.type")["enum"]) == get_args(
         model_module.UpgradeType
     )
@@ -242,3 +250,45 @@ def test_defaults_match_the_operators_models(loramodel_schema: dict[str, Any]) -
         _spec_field(loramodel_schema, "upgradeStrategy.type")["default"]
         == spec.upgrade_strategy.upgrade_type
     )
+
+
+# ---------------------------------------------------------------- spec.router
+
+
+def test_router_policy_accepts_the_new_names_then_the_deprecated_ones(
+    loramodel_schema: dict[str, Any],
+) -> None:
+    policy = _spec_field(loramodel_schema, "router.policy")
+    assert tuple(policy["enum"]) == (*ROUTER_POLICIES, *DEPRECATED_ROUTER_POLICIES)
+    assert policy["default"] == "lorafleet"
+    # kubectl explain says what each value does, and which old name stands for which new one.
+    for name in policy["enum"]:
+        assert name in policy["description"]
+    assert "deprecated aliases of lorafleet and ray" in policy["description"]
+    assert "ship" not in policy["description"]
+
+
+def test_router_knobs_say_they_belong_to_policy_lorafleet_and_their_defaults(
+    loramodel_schema: dict[str, Any],
+) -> None:
+    knobs = _spec_field(loramodel_schema, "router")["properties"]
+    assert set(model_module.LORAFLEET_POLICY_KNOBS) <= set(knobs)
+    for knob in model_module.LORAFLEET_POLICY_KNOBS:
+        assert knobs[knob]["description"].startswith("Policy lorafleet only.")
+    assert knobs["maxReplicasPerAdapter"]["description"].endswith("Default: all replicas.")
+    assert knobs["loadBoundFactor"]["description"].endswith("Default: 1.25.")
+    assert knobs["loadBoundFactor"]["maximum"] == model_module.MAX_LOAD_BOUND_FACTOR
+
+
+def test_router_knobs_with_another_policy_are_refused_with_the_operators_message(
+    loramodel_schema: dict[str, Any],
+) -> None:
+    rules = _spec_field(loramodel_schema, "router")["x-kubernetes-validations"]
+    by_message = {rule["message"]: rule["rule"] for rule in rules}
+    for knob in model_module.LORAFLEET_POLICY_KNOBS:
+        # `lorafleet render` (pydantic) refuses with the same words as the API server.
+        rule = by_message[model_module.lorafleet_only_message(knob)]
+        assert rule.startswith(f"!has(self.{knob}) ||")
+        # Only the new names: a deprecated name with knobs is an old manifest that must apply.
+        assert str(list(model_module.POLICIES_IGNORING_KNOBS)) in rule
+        assert not any(old in rule for old in DEPRECATED_ROUTER_POLICIES)

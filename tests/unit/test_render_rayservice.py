@@ -129,7 +129,7 @@ CASES: dict[str, tuple[dict[str, Any], list[CatalogSnapshot]]] = {
                     {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
                 ],
                 "engine": {"extraArgs": {"enforce_eager": True, "max_num_seqs": 64}},
-                "router": {"policy": "ray-default"},
+                "router": {"policy": "ray"},
                 "replicas": {"min": 1, "max": 3},
                 "upgradeStrategy": {
                     "type": "NewClusterWithIncrementalUpgrade",

@@ -50,7 +50,8 @@ def render_runtime_args(model: LoRAModel, snapshots: Iterable[CatalogSnapshot]) 
         use_gpu=spec.accelerators_per_pod > 0,
         accelerator_type=spec.resources.accelerator_type,
         router=RouterArgs(
-            policy=spec.router.policy,
+            # Deprecated names render as what they mean now: the same args as the new name.
+            policy=spec.router.effective_policy,
             max_replicas_per_adapter=spec.router.max_replicas_per_adapter,
             load_bound_factor=spec.router.load_bound_factor,
         ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from pydantic import (
@@ -23,7 +24,14 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from lorafleet_api.contract import Dtype, MaxLoraRank, RouterPolicy, conflicting_engine_kwargs
+from lorafleet_api.contract import (
+    DEPRECATED_ROUTER_POLICIES,
+    ROUTER_POLICIES,
+    Dtype,
+    MaxLoraRank,
+    RouterPolicy,
+    conflicting_engine_kwargs,
+)
 from lorafleet_api.naming import is_dns1035_label
 from lorafleet_operator.constants import MAX_LORAMODEL_NAME_LENGTH
 from lorafleet_operator.errors import InvalidSpecError
@@ -49,6 +57,41 @@ QUANTITY: Final = re.compile(
 MIG_RESOURCE_NAME: Final = re.compile(r"^nvidia[.]com/mig-[0-9]+g[.][0-9]+gb$")
 
 UpgradeType = Literal["NewCluster", "NewClusterWithIncrementalUpgrade", "None"]
+
+# What spec.router.policy accepts: the contract's policies and, deprecated, the names earlier
+# versions used (kept so existing manifests still apply; DEPRECATED_ROUTER_POLICIES says what
+# each means now). A unit test keeps this, the contract and the CRD's enum in step.
+RouterPolicySpelling = Literal[RouterPolicy, "adapter-affinity", "ray-default"]
+_POLICY_OF_SPELLING: Final[dict[str, RouterPolicy]] = {
+    **{policy: policy for policy in ROUTER_POLICIES},
+    **DEPRECATED_ROUTER_POLICIES,
+}
+# The router knobs only the lorafleet policy reads, as users write them, and the policies
+# that ignore them (the CRD refuses the knobs with these).
+LORAFLEET_POLICY_KNOBS: Final = ("maxReplicasPerAdapter", "loadBoundFactor")
+POLICIES_IGNORING_KNOBS: Final[tuple[RouterPolicy, ...]] = ("affinity", "ray")
+MAX_LOAD_BOUND_FACTOR: Final = 10
+# The CRD's default before the rename: the API server stored it in every object created
+# without a policy, so those objects carry a deprecated name their authors never wrote.
+OLD_DEFAULT_ROUTER_POLICY: Final = "adapter-affinity"
+DEPRECATED_ROUTER_POLICY: Final = "DeprecatedRouterPolicy"
+
+
+def lorafleet_only_message(knob: str) -> str:
+    """Why a lorafleet-only knob is refused with another policy (the CRD's CEL message)."""
+    return (
+        f"router.{knob} applies to policy lorafleet only (affinity and ray ignore it): "
+        "remove it or set policy: lorafleet"
+    )
+
+
+@dataclass(frozen=True)
+class SpecWarning:
+    """Something in a valid spec the user should change: the reason is one CamelCase word
+    (the Event's reason), the message says what to write instead."""
+
+    reason: str
+    message: str
 
 
 class _Spec(BaseModel):
@@ -160,9 +203,53 @@ class ResourcesSpec(_Spec):
 
 
 class RouterSpec(_Spec):
-    policy: RouterPolicy = "adapter-affinity"
+    policy: RouterPolicySpelling = "lorafleet"
     max_replicas_per_adapter: int | None = Field(default=None, ge=1)
-    load_bound_factor: float | None = Field(default=None, ge=1)
+    load_bound_factor: float | None = Field(default=None, ge=1, le=MAX_LOAD_BOUND_FACTOR)
+
+    @model_validator(mode="after")
+    def _check(self) -> RouterSpec:
+        # Only the new names are refused: a deprecated one with knobs is an existing manifest
+        # that applied before, and stays accepted (deprecation_warning says what to change).
+        if self.policy in POLICIES_IGNORING_KNOBS:
+            problems = [lorafleet_only_message(knob) for knob in self.knobs_set]
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def effective_policy(self) -> RouterPolicy:
+        """The policy the runtime runs: deprecated names mapped to what they mean now."""
+        return _POLICY_OF_SPELLING[self.policy]
+
+    @property
+    def knobs_set(self) -> tuple[str, ...]:
+        """The lorafleet-only knobs this spec sets, as users write them."""
+        values = (self.max_replicas_per_adapter, self.load_bound_factor)
+        return tuple(
+            knob
+            for knob, value in zip(LORAFLEET_POLICY_KNOBS, values, strict=True)
+            if value is not None
+        )
+
+    def deprecation_warning(self) -> SpecWarning | None:
+        """What to tell the user whose spec names the policy by a deprecated name."""
+        if self.policy not in DEPRECATED_ROUTER_POLICIES:
+            return None
+        policy = self.effective_policy
+        message = (
+            f'spec.router.policy "{self.policy}" is deprecated: it now means "{policy}"; '
+            f"write policy: {policy}"
+        )
+        ignored = self.knobs_set if policy in POLICIES_IGNORING_KNOBS else ()
+        if ignored:
+            pronoun = "it" if len(ignored) == 1 else "them"
+            message += f" and remove {' and '.join(ignored)} (policy {policy} ignores {pronoun})"
+        if self.policy == OLD_DEFAULT_ROUTER_POLICY:
+            message += (
+                f" ({self.policy} was the default: objects created without a policy store it too)"
+            )
+        return SpecWarning(DEPRECATED_ROUTER_POLICY, message)
 
 
 class ClusterUpgradeOptions(_Spec):
@@ -290,6 +377,11 @@ class LoRAModelSpec(_Spec):
         """GPUs of one worker pod: ``resources.accelerator.count``, default one replica's."""
         count = self.resources.accelerator.count
         return self.engine.tensor_parallel_size if count is None else count
+
+    def warnings(self) -> tuple[SpecWarning, ...]:
+        """What the user should change in this valid spec (deprecated names), in field order."""
+        router = self.router.deprecation_warning()
+        return () if router is None else (router,)
 
 
 class LoRAModel(BaseModel):

@@ -23,6 +23,7 @@ from lorafleet_api import names
 from lorafleet_operator.errors import InvalidSpecError, LorafleetError
 from lorafleet_operator.k8s.client import KubeApiError
 from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec, parse_duration
+from lorafleet_operator.model.loramodel import SpecWarning
 from lorafleet_operator.reconcile.adaptercatalog import (
     SyncOutcome,
     loramodels_using,
@@ -77,6 +78,9 @@ async def reconcile_model(state: OperatorState, body: Mapping[str, Any], logger:
         message = f"Applied RayService {outcome.rayservice}"
         await _event(state, body, "Normal", "Applied", message)
         logger.info(message)
+    for warning in unposted_warnings(state, key, outcome):
+        await _event(state, body, "Warning", warning.reason, warning.message)
+        logger.warning("Warned LoRAModel %s/%s: %s", *key, warning.message)
     since = parse_time(str(outcome.status.get(NOT_READY_SINCE) or ""))
     if since is not None:
         # Ready is being held while the debounce runs; no event may come when it ends, so
@@ -85,6 +89,21 @@ async def reconcile_model(state: OperatorState, body: Mapping[str, Any], logger:
         delay = max(0.0, state.config.debounce_seconds - elapsed) + 0.5
         _schedule_recheck(state, key, delay, logger)
     return outcome
+
+
+def unposted_warnings(state: OperatorState, key: ObjectKey, outcome: Outcome) -> list[SpecWarning]:
+    """The outcome's warnings that this process has not posted for the generation yet.
+
+    The outcome already leaves out what the LoRAModel's status holds; this covers a body read
+    before the previous reconcile wrote that status (a RayService event right after a create
+    waits for the lock with the LoRAModel as it was before)."""
+    generation = int(outcome.status.get("observedGeneration") or 0)
+    posted_generation, posted = state.posted_warnings.get(key, (generation, frozenset()))
+    if posted_generation != generation:
+        posted = frozenset()
+    fresh = [warning for warning in outcome.warnings if warning.message not in posted]
+    state.posted_warnings[key] = (generation, posted | {w.message for w in outcome.warnings})
+    return fresh
 
 
 async def reconcile_model_quietly(

@@ -13,9 +13,13 @@ from lorafleet_operator.errors import InvalidSpecError
 from lorafleet_operator.k8s.client import JsonObj, KubeClient
 from lorafleet_operator.model.catalog import CatalogSnapshot
 from lorafleet_operator.model.config import OperatorConfig
-from lorafleet_operator.model.loramodel import LoRAModel
+from lorafleet_operator.model.loramodel import LoRAModel, SpecWarning
 from lorafleet_operator.reconcile.status_patch import write_status
-from lorafleet_operator.status import compute_loramodel_status, invalid_spec_status
+from lorafleet_operator.status import (
+    compute_loramodel_status,
+    invalid_spec_status,
+    warnings_to_report,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class Outcome:
     applied: bool
     status_patched: bool
     status: JsonObj
+    # Spec warnings the user has not been told about for this generation yet.
+    warnings: tuple[SpecWarning, ...] = ()
 
 
 async def read_catalog_snapshots(kube: KubeClient, model: LoRAModel) -> list[CatalogSnapshot]:
@@ -78,7 +84,11 @@ async def reconcile_loramodel(
     )
     patched = await write_status(kube, namespace, name, previous, status)
     return Outcome(
-        rayservice=f"{namespace}/{rs_name}", applied=applied, status_patched=patched, status=status
+        rayservice=f"{namespace}/{rs_name}",
+        applied=applied,
+        status_patched=patched,
+        status=status,
+        warnings=warnings_to_report(model, previous),
     )
 
 

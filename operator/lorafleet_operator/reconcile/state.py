@@ -30,6 +30,8 @@ class OperatorState:
     sync_requests: dict[ObjectKey, str | None] = field(default_factory=dict)
     # LoRAModels to look at again when their Ready debounce ends.
     rechecks: dict[ObjectKey, asyncio.Task[None]] = field(default_factory=dict)
+    # Per LoRAModel, the spec warnings posted as Events and the generation they were for.
+    posted_warnings: dict[ObjectKey, tuple[int, frozenset[str]]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -70,3 +72,4 @@ class OperatorState:
 
     def forget_model(self, key: ObjectKey) -> None:
         self.model_locks.forget(key)
+        self.posted_warnings.pop(key, None)

@@ -9,6 +9,7 @@ from lorafleet_operator.status.loramodel import (
     compute_loramodel_status,
     count_adapters,
     invalid_spec_status,
+    warnings_to_report,
 )
 from lorafleet_operator.status.rayservice import RayServiceHealth, assess_rayservice
 
@@ -23,4 +24,5 @@ __all__ = [
     "rank_histogram",
     "set_condition",
     "synced_status",
+    "warnings_to_report",
 ]

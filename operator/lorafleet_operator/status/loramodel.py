@@ -7,6 +7,10 @@ Conditions:
 - ``Degraded``: something needs a person: a Serve deployment failed, KubeRay refused the
   RayService, or a referenced AdapterCatalog is missing.
 
+``status.warnings``: what the user should change in a spec that still works (a deprecated
+router policy name), one message each; absent when there is nothing to say. The reconciler
+posts each as a Warning Event when it is new (:func:`warnings_to_report`).
+
 Debounce: RayService signals flap (a proxy restarts, an endpoint drops for seconds). Once
 Ready is True it turns False only after the RayService has said "not serving" for
 ``debounce_seconds``; until then Ready stays True and ``status.notReadySince`` records when
@@ -23,7 +27,7 @@ from typing import Any, Final
 from lorafleet_operator.builders.names import endpoint_url, rayservice_name
 from lorafleet_operator.builders.ranks import effective_max_lora_rank
 from lorafleet_operator.model.catalog import CatalogSnapshot
-from lorafleet_operator.model.loramodel import LoRAModel
+from lorafleet_operator.model.loramodel import LoRAModel, SpecWarning
 from lorafleet_operator.status.conditions import (
     ConditionStatus,
     bounded,
@@ -40,6 +44,7 @@ DEGRADED: Final = "Degraded"
 
 MAX_INCOMPATIBLE_NAMES: Final = 20
 NOT_READY_SINCE: Final = "notReadySince"
+WARNINGS: Final = "warnings"
 
 
 def compute_loramodel_status(
@@ -123,7 +128,24 @@ def compute_loramodel_status(
     }
     if not_ready_since is not None:
         status[NOT_READY_SINCE] = not_ready_since
+    warnings = model.spec.warnings()
+    if warnings:
+        status[WARNINGS] = [bounded(warning.message) for warning in warnings]
     return status
+
+
+def warnings_to_report(
+    model: LoRAModel, previous_status: Mapping[str, Any] | None
+) -> tuple[SpecWarning, ...]:
+    """The spec's warnings to post as Events now: all of them for a generation not yet
+    observed (each edit is told again), else those the previous status did not hold yet (an
+    operator upgrade that starts warning). Drift checks and restarts post nothing new."""
+    previous = previous_status or {}
+    warnings = model.spec.warnings()
+    if previous.get("observedGeneration") != (model.generation or 0):
+        return warnings
+    known = set(previous.get(WARNINGS) or ())
+    return tuple(warning for warning in warnings if bounded(warning.message) not in known)
 
 
 def invalid_spec_status(
