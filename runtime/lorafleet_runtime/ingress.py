@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
+from contextvars import ContextVar
 from typing import Any, Final
 
 from fastapi import status
@@ -22,7 +23,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     OpenAIHTTPException,
 )
 from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from lorafleet_api.contract import RuntimeArgs
 from lorafleet_api.naming import adapter_model_id, is_adapter_name, split_model
@@ -31,6 +32,7 @@ from lorafleet_runtime.core.admission import judge_adapter
 from lorafleet_runtime.core.errors import find_adapter_error
 from lorafleet_runtime.core.failures import DEFAULT_TTL_SECONDS, FailureMemory
 from lorafleet_runtime.metrics import RuntimeMetrics
+from lorafleet_runtime.router.residency import TIER_HEADER, TierMarker
 
 MAX_HANDLES: Final = 1024
 INDEX_WAIT_SECONDS: Final = 30.0
@@ -38,6 +40,9 @@ INDEX_WAIT_SECONDS: Final = 30.0
 
 _ERROR_CLASSES: dict[str, type[OpenAIHTTPException]] = {}
 MAX_ERROR_CLASSES: Final = 64
+# Filled by _get_response with the replica's tier report, read by _process_llm_request (the
+# response stream runs in the request's task, so they share this context).
+_TIER: ContextVar[dict[str, str] | None] = ContextVar("lorafleet_tier", default=None)
 
 
 def http_error(status_code: int, reason: str, message: str) -> OpenAIHTTPException:
@@ -137,6 +142,11 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
             async for response in super()._get_response(
                 body=body, call_method=call_method, **kwargs
             ):
+                if isinstance(response, TierMarker):
+                    report = _TIER.get()
+                    if report is not None:
+                        report["tier"] = response.tier
+                    continue
                 yield response
         except OpenAIHTTPException as err:
             self._metrics.request_errors.inc(tags={**tags, "status": str(err.status_code)})
@@ -149,6 +159,23 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
             if found.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and adapter:
                 self._failures.remember(adapter, found.reason, found.message, time.monotonic())
             raise http_error(found.status_code, found.reason, found.message) from None
+
+    async def _process_llm_request(
+        self, body: Any, call_method: str, raw_request: Any = None
+    ) -> Response:
+        """Ray Serve LLM's response, with the ``x-lorafleet-adapter-tier`` header: where the
+        adapter was on the replica that served the request when the request reached it."""
+        report: dict[str, str] = {}
+        token = _TIER.set(report)
+        try:
+            response: Response = await super()._process_llm_request(
+                body, call_method=call_method, raw_request=raw_request
+            )
+        finally:
+            _TIER.reset(token)
+        if "tier" in report:
+            response.headers[TIER_HEADER] = report["tier"]
+        return response
 
     async def lorafleet_state(self) -> dict[str, int]:
         """Sizes of the per-name state (for tests and debugging; bounded by design)."""

@@ -57,3 +57,33 @@ class RuntimeMetrics:
     def tags(self, adapter: str | None, *, known: bool = True, **extra: str) -> dict[str, str]:
         label = self.labels.label(adapter) if known else OTHER
         return {"adapter": label, **extra}
+
+
+class RouterMetrics:
+    """The request router's decisions (in the process that routes: each ingress replica).
+    Labels are bounded: policy (3), tier (5), reason (7), adapter (top-K + other)."""
+
+    def __init__(self, labels: AdapterLabels | None = None) -> None:
+        from ray.util import metrics
+
+        self.labels = labels or AdapterLabels()
+        self.decisions: Any = metrics.Counter(
+            _PREFIX + "router_decisions",
+            "Routing decisions by policy, the adapter's tier on the chosen replica, and reason",
+            tag_keys=("policy", "tier", "reason"),
+        )
+        self.hits: Any = metrics.Counter(
+            _PREFIX + "router_hits",
+            "Adapter requests routed to a replica holding the adapter (GPU slot or host memory)",
+            tag_keys=("policy",),
+        )
+        self.misses: Any = metrics.Counter(
+            _PREFIX + "router_misses",
+            "Adapter requests routed to a replica that must load the adapter (or is loading it)",
+            tag_keys=("policy",),
+        )
+        self.adapter_replicas: Any = metrics.Gauge(
+            _PREFIX + "router_adapter_replicas",
+            "Replicas holding or loading an adapter, as the router last saw them",
+            tag_keys=("adapter",),
+        )

@@ -91,6 +91,10 @@ class AdapterDiskCache:
     def cached(self) -> list[CachedAdapter]:
         return list(self._entries.values())
 
+    def has(self, name: str) -> bool:
+        """Whether some revision of ``name`` is on disk (verified)."""
+        return name in self._entries
+
     @property
     def used_bytes(self) -> int:
         return sum(entry.size_bytes for entry in self._entries.values())

@@ -1,6 +1,9 @@
-"""The home of lorafleet's adapter-aware request router (a ``ray.serve.request_router``
-subclass over a pure placement policy).
+"""lorafleet's adapter-aware request router.
 
-Not built yet: every request goes through Ray Serve's stock router today, and the router
-settings of a LoRAModel (``spec.router``) reach the runtime in the contract but nothing reads
-them."""
+- ``policy``: the pure placement policies (``lorafleet``, ``affinity``) and the replica-side
+  frequency-aware eviction; ``bench/routing.py`` simulates these same classes.
+- ``residency``: replica reports → the policy's view; the per-response tier marker.
+- ``serve``: the Ray Serve ``RequestRouter`` subclass the LLM deployment is configured with
+  (imports Ray: import it only where Ray runs).
+
+See docs/routing.md."""

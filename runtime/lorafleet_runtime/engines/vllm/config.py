@@ -14,6 +14,30 @@ WORKER_EXTENSION_CLS: Final = "lorafleet_runtime.engines.vllm.worker.LoraSlotsEx
 # Where the replica finds its RuntimeArgs: LLMConfig.experimental_configs is Ray Serve LLM's
 # free-form dict that reaches the server class unchanged.
 EXPERIMENTAL_KEY: Final = "lorafleet_args"
+ROUTER_CLS: Final = "lorafleet_runtime.router.serve:LoraFleetRequestRouter"
+# How often each replica's residency report reaches the routers (Ray's default is 10 s; the
+# adapters loaded or loading reach them every 0.1 s regardless).
+ROUTING_STATS_PERIOD_S: Final = 2.0
+ROUTING_STATS_TIMEOUT_S: Final = 5.0
+
+
+def request_router_config(args: RuntimeArgs) -> dict[str, Any] | None:
+    """The LLM deployment's ``request_router_config``: lorafleet's router with the LoRAModel's
+    policy and knobs, or None for ``ray`` (Ray Serve's own router, untouched)."""
+    router = args.router
+    if router.policy == "ray":
+        return None
+    kwargs: dict[str, Any] = {"policy": router.policy, "base_model_id": args.model_id}
+    if router.load_bound_factor is not None:
+        kwargs["load_bound_factor"] = router.load_bound_factor
+    if router.max_replicas_per_adapter is not None:
+        kwargs["max_replicas_per_adapter"] = router.max_replicas_per_adapter
+    return {
+        "request_router_class": ROUTER_CLS,
+        "request_router_kwargs": kwargs,
+        "request_routing_stats_period_s": ROUTING_STATS_PERIOD_S,
+        "request_routing_stats_timeout_s": ROUTING_STATS_TIMEOUT_S,
+    }
 
 
 def engine_kwargs(args: RuntimeArgs) -> dict[str, Any]:
@@ -53,6 +77,10 @@ def llm_config_dict(args: RuntimeArgs) -> dict[str, Any]:
     }
     if args.autoscaling_config.target_ongoing_requests is not None:
         autoscaling["target_ongoing_requests"] = args.autoscaling_config.target_ongoing_requests
+    deployment_config: dict[str, Any] = {"autoscaling_config": autoscaling}
+    router_config = request_router_config(args)
+    if router_config is not None:
+        deployment_config["request_router_config"] = router_config
     config: dict[str, Any] = {
         "model_loading_config": {
             "model_id": args.model_id,
@@ -62,7 +90,7 @@ def llm_config_dict(args: RuntimeArgs) -> dict[str, Any]:
         # No dynamic_lora_loading_path: adapters come from the catalogs, through our server.
         # The ONE value: Serve's per-replica adapter LRU is vLLM's max_loras.
         "lora_config": {"max_num_adapters_per_replica": args.engine.max_loras},
-        "deployment_config": {"autoscaling_config": autoscaling},
+        "deployment_config": deployment_config,
         "server_cls": SERVER_CLS,
         "experimental_configs": {EXPERIMENTAL_KEY: args.to_serve_args()},
     }

@@ -43,6 +43,8 @@ from lorafleet_runtime.core.failures import DEFAULT_TTL_SECONDS, FailureMemory
 from lorafleet_runtime.core.locks import KeyedLocks
 from lorafleet_runtime.engines.vllm.config import EXPERIMENTAL_KEY
 from lorafleet_runtime.metrics import RuntimeMetrics
+from lorafleet_runtime.router.policy import FrequencyEviction, Tier
+from lorafleet_runtime.router.residency import TierMarker
 
 log = logging.getLogger("lorafleet.server")
 
@@ -50,6 +52,8 @@ INDEX_WAIT_SECONDS: Final = 30.0
 DRAIN_SECONDS: Final = 60.0
 # The adapter the current request leased (set while resolving it, read by _run_request).
 _LEASED: ContextVar[str | None] = ContextVar("lorafleet_leased_adapter", default=None)
+# Where the current request's adapter was when it arrived (read by _run_request).
+_ARRIVAL_TIER: ContextVar[str] = ContextVar("lorafleet_arrival_tier", default="base")
 
 
 def runtime_args_of(llm_config: Any) -> RuntimeArgs:
@@ -95,6 +99,13 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         # downloads, taken inside these: separate tables, so never re-entered).
         self._adapter_locks = KeyedLocks()
         self._resident: dict[str, ResidentAdapter] = {}
+        # Adapters registered in the engine that no request has used yet: vLLM holds them in
+        # host memory until a batch puts them into a GPU slot.
+        self._unused: set[str] = set()
+        self._engine_loads = 0  # adapters registered in the engine since start
+        # lorafleet's policy replaces the least requested adapter when a slot is needed;
+        # the affinity and ray policies keep Ray Serve's LRU (their published behaviour).
+        self._eviction = FrequencyEviction() if args.router.policy == "lorafleet" else None
         self._in_flight: dict[str, int] = {}
         self._drained: dict[str, asyncio.Event] = {}
         self._metrics = RuntimeMetrics()
@@ -110,18 +121,24 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
 
         # The one value: Serve's per-replica LRU is exactly as big as vLLM's max_loras.
         self._load_model = serve.multiplexed(max_num_models_per_replica=max_loras)(_load_model)
+        self._load_model_func = _load_model
 
     async def _maybe_resolve_lora_from_multiplex(self) -> None:
         model_id = serve.get_multiplexed_model_id()
         if not model_id:
             return
         name = self._adapter_name(model_id)
+        _ARRIVAL_TIER.set(self._tier_of(name).label)
+        if self._eviction is not None:
+            self._eviction.record(name, time.monotonic())
         if name not in self._resident:
             # Serve's multiplex wrapper loads one model at a time per replica; downloading
             # before entering it lets different adapters download in parallel (the same
             # one still downloads once), leaving only the engine registration serialized.
             await self._fetch(name)
+            self._steer_eviction()
         resident: ResidentAdapter = await self._load_model(model_id)
+        self._unused.discard(name)
         await self._refresh_revision(resident)
         # From here until its stream ends the request uses the adapter in the engine: an
         # eviction waits for it (no await between resolving and counting, so none slips in).
@@ -130,16 +147,19 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
 
     async def _run_request(self, request: Any, **kwargs: Any) -> Any:
         _LEASED.set(None)
+        _ARRIVAL_TIER.set("base")
         try:
             stream = await super()._run_request(request, **kwargs)
         except BaseException:
             self._release(_LEASED.get())
             raise
-        name = _LEASED.get()
-        return stream if name is None else self._release_after(stream, name)
+        return self._reported(stream, _ARRIVAL_TIER.get(), _LEASED.get())
 
-    async def _release_after(self, stream: Any, name: str) -> AsyncIterator[Any]:
+    async def _reported(self, stream: Any, tier: str, name: str | None) -> AsyncIterator[Any]:
+        """The engine's stream, after one TierMarker (the ingress turns it into the
+        ``x-lorafleet-adapter-tier`` header and drops it); the lease ends with the stream."""
         try:
+            yield TierMarker(tier)
             async for item in stream:
                 yield item
         finally:
@@ -167,6 +187,44 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             await asyncio.wait_for(drained.wait(), DRAIN_SECONDS)
         except TimeoutError:
             log.warning("Evicted adapter %s with requests still running", name)
+
+    def _tier_of(self, name: str) -> Tier:
+        """Where ``name`` is on this replica now (before this request does anything)."""
+        if name in self._resident:
+            return Tier.CPU if name in self._unused else Tier.GPU
+        if self._disk_cache.has(name):
+            return Tier.DISK
+        return Tier.REMOTE
+
+    def _multiplex_lru(self) -> Any:
+        """Ray Serve's multiplex wrapper's model table (an OrderedDict, least recently used
+        first; it evicts the first entry). A private attribute of ``ray.serve.multiplex``:
+        when it is not there (another Ray version) eviction stays Ray's LRU."""
+        wrapper = getattr(self._load_model_func, "__serve_multiplex_wrapper", None)
+        models = getattr(wrapper, "models", None)
+        return models if isinstance(models, dict) else None
+
+    def _steer_eviction(self) -> None:
+        """Put the adapter lorafleet's policy would evict first in Serve's LRU order, so the
+        load that follows replaces the least requested adapter, not the least recent one."""
+        if self._eviction is None:
+            return
+        models = self._multiplex_lru()
+        if models is None or len(models) < self._args.engine.max_loras:
+            return
+        names = {self._adapter_name(model_id): model_id for model_id in models}
+        busy = {name for name, count in self._in_flight.items() if count > 0}
+        victim = self._eviction.victim(names, time.monotonic(), busy=busy)
+        if victim is None:
+            return
+        for model_id in list(models):
+            if model_id != names[victim]:
+                models.move_to_end(model_id)
+
+    def evict_value(self) -> float:
+        if self._eviction is None:
+            return 0.0
+        return self._eviction.value(self._resident, self._args.engine.max_loras, time.monotonic())
 
     # ----------------------------------------------------------------- adapter lifecycle
     def _adapter_name(self, model_id: str) -> str:
@@ -220,6 +278,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             await self._engine_add(model_id, path, name)
             resident = ResidentAdapter(self, name, model_id, record.revision)
             self._resident[name] = resident
+            self._unused.add(name)
             self._disk_cache.pin(name)
             return resident
 
@@ -245,6 +304,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             await self._engine_remove(resident.model_id, resident.name)
             if self._resident.get(resident.name) is resident:
                 del self._resident[resident.name]
+                self._unused.discard(resident.name)
             self._disk_cache.unpin(resident.name)
 
     async def _engine_add(self, model_id: str, path: Path, name: str) -> None:
@@ -266,6 +326,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             raise AdapterRequestError(422, "EngineRejected", str(err)) from None
         tags = self._metrics.tags(name)
         self._metrics.adapter_loads.inc(tags=tags)
+        self._engine_loads += 1
         self._metrics.register_seconds.observe(time.monotonic() - started, tags=tags)
 
     async def _engine_remove(self, model_id: str, name: str) -> None:
@@ -321,6 +382,8 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             "disk": sorted(entry.name for entry in self._disk_cache.cached()),
             "disk_bytes": self._disk_cache.used_bytes,
             "max_loras": self._args.engine.max_loras,
+            "evict_value": self.evict_value(),
+            "engine_loads": self._engine_loads,
         }
 
     async def _gpu_slots(self, client: Any) -> set[int] | None:
