@@ -7,6 +7,7 @@ real API server, as in a cluster."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -273,10 +274,16 @@ class Deployment:
         return getattr(handle, method).remote().result(timeout_s=60)
 
 
-@pytest.fixture(scope="module")
-def deployment(
-    catalogs: Catalogs, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def serve_lorafleet(
+    catalogs: Catalogs,
+    control_plane: ControlPlane,
+    cache_dir: Path,
+    *,
+    spec: dict[str, Any] | None = None,
 ) -> Iterator[Deployment]:
+    """Ray + Serve + lorafleet's app for ``cpu_lora_model()`` (its spec updated with
+    ``spec``), as the operator renders it; shut down on exit."""
     import ray
     from ray import serve
 
@@ -284,6 +291,7 @@ def deployment(
 
     model = cpu_lora_model()
     model["spec"]["baseModel"]["source"] = f"file://{catalogs.base_model}"
+    model["spec"].update(spec or {})
     args = serve_args_from_rayservice(model)
     http_port = process.free_port()
     metrics_port = process.free_port()
@@ -292,7 +300,7 @@ def deployment(
     env = {
         "KUBECONFIG": str(control_plane.kubeconfig),
         # No AWS_* keys: S3 downloads use the catalog's credentialsSecretRef.
-        "LORAFLEET_ADAPTER_CACHE": str(tmp_path_factory.mktemp("adapter-cache")),
+        "LORAFLEET_ADAPTER_CACHE": str(cache_dir),
     }
     # Short, so the failure-memory test does not wait long (the operator leaves it unset).
     args["failure_memory_s"] = FAILURE_MEMORY_S
@@ -314,3 +322,13 @@ def deployment(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    catalogs: Catalogs, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    with serve_lorafleet(
+        catalogs, control_plane, tmp_path_factory.mktemp("adapter-cache")
+    ) as served:
+        yield served

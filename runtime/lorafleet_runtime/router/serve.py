@@ -61,6 +61,7 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         self._in_flight: dict[str, int] = {}
         self._decided: OrderedDict[str, tuple[Decision, str | None]] = OrderedDict()
         self._states: dict[str, tuple[Any, Any, ReplicaState]] = {}
+        self._ran_on: dict[str, set[str]] = {}
         self._metrics: RouterMetrics | None = None
         try:
             self._metrics = RouterMetrics()
@@ -91,16 +92,23 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
-        self._in_flight.pop(self._key(replica_id), None)
+        key = self._key(replica_id)
+        self._in_flight.pop(key, None)
+        self._states.pop(key, None)
+        self._ran_on.pop(key, None)
 
     def _ran(self, key: str, adapter: str) -> None:
-        """A request for ``adapter`` finished on replica ``key``: if the router still sees a
-        load under way there (the residency report lags), the adapter is in fact resident."""
+        """A request for ``adapter`` finished on replica ``key``: while Serve still lists
+        the adapter there and the residency report (which lags) does not place it, the
+        router counts it as resident, not as a load under way."""
+        self._ran_on.setdefault(key, set()).add(adapter)
         cached = self._states.get(key)
         if cached is not None and adapter in cached[2].loading:
-            state = cached[2]
-            promoted = replace(state, gpu=state.gpu | {adapter}, loading=state.loading - {adapter})
-            self._states[key] = (cached[0], cached[1], promoted)
+            self._states[key] = (cached[0], cached[1], self._promoted(cached[2], {adapter}))
+
+    @staticmethod
+    def _promoted(state: ReplicaState, adapters: set[str]) -> ReplicaState:
+        return replace(state, gpu=state.gpu | adapters, loading=state.loading - adapters)
 
     # ----------------------------------------------------------------- the decision
     def states(self, replicas: list[RunningReplica]) -> list[ReplicaState]:
@@ -122,6 +130,12 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
                     base_model_id=self._base_model_id,
                     max_ongoing=r.max_ongoing_requests,
                 )
+                ran = self._ran_on.get(key)
+                if ran:
+                    # Forget what Serve no longer lists there (evicted); promote the rest.
+                    ran &= state.loading | state.gpu | state.cpu
+                    if ran & state.loading:
+                        state = self._promoted(state, ran & state.loading)
                 cache[key] = (mux, stats, state)
             else:
                 state = cached[2]
@@ -131,6 +145,7 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
             live = {self._key(r.replica_id) for r in replicas}
             for key in [k for k in cache if k not in live]:
                 del cache[key]
+                self._ran_on.pop(key, None)
         return states
 
     async def choose_replicas(

@@ -1,0 +1,130 @@
+"""lorafleet's request router on real Ray Serve: two vLLM CPU replicas, the `lorafleet` policy
+(the LoRAModel default). What a user sees: repeated requests for one adapter load it once
+(they stay on its holder), a hot adapter gets a second copy when its holder is busy, and every
+response says where its adapter was (`x-lorafleet-adapter-tier`)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lorafleet_testbed.controlplane import ControlPlane
+
+from .conftest import MODEL_ID, Catalogs, Deployment, serve_lorafleet
+
+pytestmark = pytest.mark.runtime
+
+
+@pytest.fixture(scope="module")
+def two_replicas(
+    catalogs: Catalogs, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    spec = {"replicas": {"min": 2, "max": 2}, "router": {"policy": "lorafleet"}}
+    with serve_lorafleet(
+        catalogs, control_plane, tmp_path_factory.mktemp("adapter-cache"), spec=spec
+    ) as served:
+        yield served
+
+
+def _complete(
+    deployment: Deployment, model: str, *, max_tokens: int = 4, stream: bool = False
+) -> tuple[str | None, str]:
+    """POST /completions; the tier header and the body."""
+    body = {"model": model, "prompt": "The quick", "max_tokens": max_tokens, "temperature": 0}
+    if stream:
+        body["stream"] = True
+    request = urllib.request.Request(
+        deployment.base_url + "/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        assert response.status == 200
+        return response.headers.get("x-lorafleet-adapter-tier"), response.read().decode()
+
+
+def _metric_sum(deployment: Deployment, name: str, **labels: str) -> float:
+    """The sum over every series of ``name`` (all replicas) with ``labels``."""
+    with urllib.request.urlopen(deployment.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not re.match(rf"^(ray_)?{name}(_total)?{{", line):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _eventually(read: Callable[[], float], accept: Callable[[float], bool], what: str) -> None:
+    """Ray's metrics agent exports every few seconds: poll until ``accept`` holds."""
+    deadline = time.monotonic() + 90
+    value = None
+    while time.monotonic() < deadline:
+        value = read()
+        if accept(value):
+            return
+        time.sleep(1)
+    pytest.fail(f"{what}: last read {value}")
+
+
+def test_repeated_requests_stay_on_the_holder_and_say_where_the_adapter_was(
+    two_replicas: Deployment,
+) -> None:
+    tiers = [_complete(two_replicas, f"{MODEL_ID}:a0")[0] for _ in range(6)]
+    # Fresh replicas: the first request downloaded it; every later one found it in a slot.
+    assert tiers == ["remote", "gpu", "gpu", "gpu", "gpu", "gpu"]
+    streamed_tier, streamed = _complete(two_replicas, f"{MODEL_ID}:a0", stream=True)
+    assert streamed_tier == "gpu"
+    assert "data: [DONE]" in streamed
+    assert _complete(two_replicas, MODEL_ID)[0] == "base"
+    # Loaded once in all: the other replica never got a request for it.
+    _eventually(
+        lambda: _metric_sum(two_replicas, "lorafleet_adapter_loads", adapter="a0"),
+        lambda loads: loads == 1,
+        "one engine load of a0 over both replicas",
+    )
+    # The router's own counters say the same: routed to the holder, hits.
+    _eventually(
+        lambda: _metric_sum(
+            two_replicas, "lorafleet_router_decisions", policy="lorafleet", reason="holder"
+        ),
+        lambda holder: holder >= 6,  # 5 + the streamed one; the first was "cold"
+        "routing decisions to a holder",
+    )
+    assert _metric_sum(two_replicas, "lorafleet_router_hits", policy="lorafleet") >= 6
+
+
+def test_a_hot_adapter_gets_a_second_copy_when_its_holder_is_busy(
+    two_replicas: Deployment,
+) -> None:
+    # Loaded on one replica first (its load is done before the burst).
+    assert _complete(two_replicas, f"{MODEL_ID}:a1")[0] == "remote"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+        tiers = list(
+            pool.map(
+                lambda _: _complete(two_replicas, f"{MODEL_ID}:a1", max_tokens=48)[0],
+                range(12),
+            )
+        )
+    # Most found it in a slot; the ones sent to the second copy found it missing.
+    assert tiers.count("gpu") >= 6, tiers
+    assert "remote" in tiers, tiers
+    _eventually(
+        lambda: _metric_sum(two_replicas, "lorafleet_adapter_loads", adapter="a1"),
+        lambda loads: loads == 2,
+        "engine loads of a1 over both replicas",
+    )
+    _eventually(
+        lambda: _metric_sum(
+            two_replicas, "lorafleet_router_decisions", policy="lorafleet", reason="spill"
+        ),
+        lambda spills: spills >= 1,
+        "a spill decision for the busy holder",
+    )
