@@ -128,3 +128,34 @@ def test_a_hot_adapter_gets_a_second_copy_when_its_holder_is_busy(
         lambda spills: spills >= 1,
         "a spill decision for the busy holder",
     )
+
+
+def _replica_actors() -> dict[str, object]:
+    """The LLM replicas' actors, by name."""
+    import ray
+
+    named: list[dict[str, str]] = ray.util.list_named_actors(all_namespaces=True)  # type: ignore[assignment]
+    return {
+        actor["name"]: ray.get_actor(actor["name"], namespace="serve")
+        for actor in named
+        if actor["namespace"] == "serve"
+        and actor["name"].startswith("SERVE_REPLICA::lorafleet#LoraFleetServer")
+    }
+
+
+def test_requests_keep_being_answered_when_the_holder_dies(two_replicas: Deployment) -> None:
+    import ray
+
+    assert _complete(two_replicas, f"{MODEL_ID}:a2")[0] in {"remote", "disk"}
+    actors = _replica_actors()
+    holders = [
+        name
+        for name, actor in actors.items()
+        if "a2" in ray.get(actor.record_routing_stats.remote(), timeout=60)["lorafleet"]["engine"]  # type: ignore[attr-defined]
+    ]
+    assert len(holders) == 1, holders
+    ray.kill(actors[holders[0]])  # type: ignore[arg-type]
+    # The router drops the dead replica and the other one loads the adapter: no error.
+    tiers = [_complete(two_replicas, f"{MODEL_ID}:a2")[0] for _ in range(3)]
+    assert tiers[0] in {"remote", "disk"}, tiers
+    assert tiers[1:] == ["gpu", "gpu"], tiers

@@ -276,7 +276,7 @@ def test_router_knobs_say_they_belong_to_policy_lorafleet_and_their_defaults(
     for knob in model_module.LORAFLEET_POLICY_KNOBS:
         assert knobs[knob]["description"].startswith("Policy lorafleet only.")
     assert knobs["maxReplicasPerAdapter"]["description"].endswith("Default: all replicas.")
-    assert knobs["loadBoundFactor"]["description"].endswith("Default: 1.25.")
+    assert knobs["loadBoundFactor"]["description"].endswith("Default: 1.4.")
     assert knobs["loadBoundFactor"]["maximum"] == model_module.MAX_LOAD_BOUND_FACTOR
 
 

@@ -342,7 +342,7 @@ DEFAULT_TIER_COST: Final[dict[Tier, float]] = {
     Tier.GPU: 0.0,
     Tier.CPU: 3.0,
     Tier.LOADING: 9.0,
-    Tier.DISK: 12.0,
+    Tier.DISK: 24.0,
     Tier.REMOTE: 36.0,
 }
 
@@ -351,7 +351,7 @@ DEFAULT_TIER_COST: Final[dict[Tier, float]] = {
 class LoraFleetSettings:
     """The knobs of ``LoraFleetPolicy`` (``LoRAModel.spec.router``)."""
 
-    load_bound_factor: float = 1.25
+    load_bound_factor: float = 1.4
     max_replicas_per_adapter: int | None = None
     # Queue slack every replica has before the load bound applies: continuous batching runs
     # a few requests side by side at almost no extra cost.
