@@ -370,8 +370,10 @@ class LoraFleetSettings:
     # Up to this many replicas every decision prices all of them; above, a new copy is
     # priced on the adapter's homes plus this many sampled replicas.
     full_scan_replicas: int = 16
-    sample_replicas: int = 6
+    sample_replicas: int = 4
     max_pending_adapters: int = 10_000
+    # Loads remembered per adapter (the most recent): bounds a decision's work.
+    max_pending_per_adapter: int = 4
 
 
 class LoraFleetPolicy:
@@ -387,7 +389,7 @@ class LoraFleetPolicy:
         # adapter -> (copies wanted, time the lower target was first seen or None)
         self._copies: dict[str, tuple[int, float | None]] = {}
         # adapter -> {replica: time this router sent the adapter's first request there}
-        self._pending: dict[str, dict[str, float]] = {}
+        self._pending: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._rng = random.Random(seed)  # noqa: S311 - sampling replicas, not security
 
     # -- demand-proportional copies, with hysteresis ------------------------------------
@@ -428,7 +430,8 @@ class LoraFleetPolicy:
 
         self.demand.add(adapter, now)
         order, rank = self._hrw.order_and_rank(adapter, replicas)
-        homes = order[: self.copies(adapter, n, now)]
+        copies = self.copies(adapter, n, now)
+        homes = order[:copies]
         pending = self._pending.get(adapter)
         if pending:
             for rid in [rid for rid, t in pending.items() if now - t >= settings.pending_load_s]:
@@ -440,12 +443,10 @@ class LoraFleetPolicy:
         if n <= settings.full_scan_replicas:
             others: Iterable[ReplicaState] = replicas
         else:
-            by_id = {r.id: r for r in replicas}
-            sampled = self._rng.sample(range(n), settings.sample_replicas)
-            first_homes = homes[: settings.sample_replicas]
-            others = [by_id[rid] for rid in first_homes] + [replicas[i] for i in sampled]
-            if pending:
-                others += [by_id[rid] for rid in pending if rid in by_id]
+            # Sampled with replacement (a repeat is priced twice, harmlessly).
+            others = self._rng.choices(replicas, k=settings.sample_replicas)
+            wanted = {*homes[: settings.sample_replicas], *(pending or ())}
+            others += [r for r in replicas if r.id in wanted]
         cost = settings.tier_cost
         join_bound = bound + settings.join_slack
         evict_weight = settings.evict_weight
@@ -468,13 +469,15 @@ class LoraFleetPolicy:
             price = cost[tier] + q
             if tier > Tier.LOADING and r.evict_value:
                 price += evict_weight * math.log1p(r.evict_value)
-            if r.id not in homes:
+            position = rank[r.id]
+            if position >= copies:
                 price += non_home
-            key = (price, rank[r.id])
-            if r.overloaded or q + 1 > (join_bound if tier == Tier.LOADING else bound):
+            key = (price, position)
+            overloaded = q >= r.max_ongoing
+            if overloaded or q + 1 > (join_bound if tier == Tier.LOADING else bound):
                 if tier <= Tier.LOADING:
                     holders_over = True
-                if not r.overloaded and key < fallback_key:
+                if not overloaded and key < fallback_key:
                     fallback, fallback_key, fallback_tier = r, key, tier
             elif key < best_key:
                 best, best_key, best_tier = r, key, tier
@@ -503,24 +506,37 @@ class LoraFleetPolicy:
             tier = fallback_tier if fallback is not None else pick.tier(adapter)
             reason = Reason.FALLBACK
         if tier > Tier.LOADING:
-            self._pending.setdefault(adapter, {})[pick.id] = now
-            if len(self._pending) > settings.max_pending_adapters:
-                self._expire_pending(now)
+            loads = self._pending.get(adapter)
+            if loads is None:
+                loads = self._pending[adapter] = {}
+            else:
+                self._pending.move_to_end(adapter)
+            loads[pick.id] = now
+            if len(loads) > settings.max_pending_per_adapter:
+                del loads[min(loads, key=loads.__getitem__)]
         elif tier <= Tier.CPU and pending:
             pending.pop(pick.id, None)
+        self._expire_pending(now)
         at = rank[pick.id]
         rest = order[:at] + order[at + 1 :]
         ranked = ((pick.id,), rest) if rest else ((pick.id,),)
         return Decision(ranked, tier, reason)
 
-    def _expire_pending(self, now: float) -> None:
-        horizon = self.settings.pending_load_s
-        for adapter in list(self._pending):
-            loads = self._pending[adapter]
-            for rid in [rid for rid, t in loads.items() if now - t >= horizon]:
-                del loads[rid]
-            if not loads:
-                del self._pending[adapter]
+    def _expire_pending(self, now: float, budget: int = 4) -> None:
+        """Forget loads older than ``pending_load_s`` (oldest adapters first, a few per
+        decision: amortised O(1)) and keep at most ``max_pending_adapters`` adapters."""
+        pending = self._pending
+        horizon = now - self.settings.pending_load_s
+        for _ in range(budget):
+            if not pending:
+                return
+            adapter, loads = next(iter(pending.items()))
+            if (
+                len(pending) <= self.settings.max_pending_adapters
+                and max(loads.values(), default=-math.inf) > horizon
+            ):
+                return
+            del pending[adapter]
 
 
 POLICIES: Final = ("lorafleet", "affinity")
