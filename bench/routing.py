@@ -75,7 +75,7 @@ class Workload:
     slots: int = 8
     scale_events: list[dict[str, float]] = field(default_factory=list)
     # --- the simulator's own keys
-    cpu_slots: int = 0  # vLLM max_cpu_loras; 0 = 2 x slots
+    cpu_slots: int = 0  # vLLM max_cpu_loras; 0 = slots (vLLM's default)
     stale_ms: float = 50.0
     max_ongoing: float = 1e9
     batch: int = 32
@@ -96,7 +96,7 @@ class Workload:
 
     @property
     def host_slots(self) -> int:
-        return self.cpu_slots or 2 * self.slots
+        return self.cpu_slots or self.slots
 
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
@@ -521,17 +521,22 @@ class Replica:
 
     def _fetched(self, now: float, adapter: str) -> None:
         self.advance(now)
-        self.fetching.discard(adapter)
-        if len(self.engine) >= self.C:
-            # Host memory (max_cpu_loras) is LRU (or lorafleet's frequency order); an adapter in
-            # a GPU slot or with requests waiting for it stays (vLLM would reload it from disk
-            # inside the engine step): with every entry so pinned the cache runs over.
-            pinned = self.waiting_by_adapter
+        # Host memory (max_cpu_loras, = Ray Serve's multiplex LRU) is LRU (or lorafleet's
+        # frequency order), trimmed back to its size at each registration. An adapter that
+        # requests use (running, or waiting in the engine) is not removed under them:
+        # lorafleet's runtime drains such requests first. With every entry so used the cache
+        # runs over for a while (where the runtime would hold the registration until a drain)
+        # and shrinks back at the next registrations.
+        pinned = self.waiting_by_adapter
+        while len(self.engine) >= self.C:
             victim = self._victim(
-                (a for a in self.engine if a not in self.gpu and a not in pinned), now
+                (a for a in self.engine if a not in self.busy and a not in pinned), now
             )
-            if victim is not None:
-                del self.engine[victim]
+            if victim is None:
+                break
+            del self.engine[victim]
+            self.gpu.pop(victim, None)
+        self.fetching.discard(adapter)
         self.engine[adapter] = None
         self._next_fetch(now)
         self.admit(now)

@@ -451,7 +451,7 @@ class LoraFleetPolicy:
         join_bound = bound + settings.join_slack
         evict_weight = settings.evict_weight
         non_home = settings.non_home_cost
-        holders = bool(where)
+        holders = any(tier <= Tier.LOADING for _, tier in where)
         holders_over = False
         best: ReplicaState | None = None
         best_key = (math.inf, n)
