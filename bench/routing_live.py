@@ -18,48 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lorafleet_api.contract import RuntimeArgs
 from lorafleet_testbed import process
 from lorafleet_testbed.storage import MinioServer
 from lorafleet_testbed.tinymodel import build_lora_adapter, build_tiny_model
-from runtime import request, upload, write_index
+from runtime import ours_app, run_scenario, start_serve, upload, write_index
 
 OUT = Path(__file__).parent / "out"
 CACHE = Path.home() / ".cache" / "lorafleet" / "bench-routing-live"
 MODEL_ID = "tiny"
-
-
-def app_for(policy: str, base: Path, index_dir: Path, replicas: int, max_loras: int) -> Any:
-    from lorafleet_runtime.app import build_app
-
-    args = RuntimeArgs.model_validate(
-        {
-            "model_id": MODEL_ID,
-            "model_source": f"file://{base}",
-            "catalogs": [{"name": "bench", "namespace": "default"}],
-            "engine": {
-                "max_loras": max_loras,
-                "max_lora_rank": 8,
-                "dtype": "float32",
-                "gpu_memory_utilization": 0.2,
-                "extra_engine_kwargs": {"enforce_eager": True},
-            },
-            "autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas},
-            "use_gpu": False,
-            "catalog_index_dir": str(index_dir),
-            "router": {"policy": policy},
-        }
-    )
-    return build_app(args.to_serve_args())
 
 
 def zipf_stream(adapters: list[str], n: int, s: float, seed: int) -> list[str]:
@@ -106,22 +79,6 @@ def router_decisions(metrics_url: str, policy: str) -> dict[str, float]:
     return counts
 
 
-def run(url: str, models: list[str], concurrency: int, max_tokens: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda m: request(url, m, max_tokens), models))
-    wall = time.perf_counter() - started
-    latencies = sorted(latency for _, latency in results)
-    return {
-        "requests": len(results),
-        "errors": sum(1 for status, _ in results if status != 200),
-        "seconds": round(wall, 2),
-        "rps": round(len(results) / wall, 2),
-        "p50_ms": round(statistics.median(latencies) * 1000, 1),
-        "p95_ms": round(latencies[max(0, int(len(latencies) * 0.95) - 1)] * 1000, 1),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=600)
@@ -154,31 +111,24 @@ def main() -> int:
         index_dir = CACHE / "index"
         write_index(minio, index_dir)
         metrics_port = process.free_port()
-        ray.init(
-            num_cpus=8,
-            include_dashboard=False,
-            _metrics_export_port=metrics_port,
-            runtime_env={
-                "env_vars": {
-                    "AWS_ACCESS_KEY_ID": minio.access_key,
-                    "AWS_SECRET_ACCESS_KEY": minio.secret_key,
-                    "AWS_REGION": minio.region,
-                }
-            },
-        )
-        port = process.free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        port = start_serve(minio, metrics_port)
         for policy in options.policies:
             app = f"live-{policy}"
             serve.run(
-                app_for(policy, base, index_dir, options.replicas, options.max_loras),
+                ours_app(
+                    base,
+                    index_dir,
+                    replicas=options.replicas,
+                    max_loras=options.max_loras,
+                    router={"policy": policy},
+                ),
                 name=app,
                 route_prefix=f"/{app}",
             )
             url = f"http://127.0.0.1:{port}/{app}"
-            run(url, [MODEL_ID], 1, options.max_tokens)  # engine paths warm, no adapter
+            run_scenario(url, [MODEL_ID], 1, options.max_tokens)  # engine warm, no adapter
             before = engine_loads(app)
-            result = run(url, stream, options.concurrency, options.max_tokens)
+            result = run_scenario(url, stream, options.concurrency, options.max_tokens)
             result["engine_loads"] = engine_loads(app) - before
             if policy != "ray":
                 time.sleep(15)  # Ray's metrics export period

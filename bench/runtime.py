@@ -85,7 +85,15 @@ def write_index(minio: MinioServer, index_dir: Path) -> None:
     write_storage_options(index_dir, "bench", minio.endpoint, minio.region)
 
 
-def ours_app(base: Path, index_dir: Path) -> Any:
+def ours_app(
+    base: Path,
+    index_dir: Path,
+    *,
+    replicas: int = 1,
+    max_loras: int = MAX_LORAS,
+    router: dict[str, Any] | None = None,
+) -> Any:
+    """lorafleet's Serve app on the vLLM CPU engine, reading the bench catalog's index."""
     from lorafleet_runtime.app import build_app
 
     args = RuntimeArgs.model_validate(
@@ -94,18 +102,42 @@ def ours_app(base: Path, index_dir: Path) -> Any:
             "model_source": f"file://{base}",
             "catalogs": [{"name": "bench", "namespace": "default"}],
             "engine": {
-                "max_loras": MAX_LORAS,
+                "max_loras": max_loras,
                 "max_lora_rank": 8,
                 "dtype": "float32",
                 "gpu_memory_utilization": 0.2,
                 "extra_engine_kwargs": {"enforce_eager": True},
             },
-            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+            "autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas},
             "use_gpu": False,
             "catalog_index_dir": str(index_dir),
+            **({"router": router} if router else {}),
         }
     )
     return build_app(args.to_serve_args())
+
+
+def start_serve(minio: MinioServer, metrics_port: int | None = None) -> int:
+    """Ray (with the MinIO credentials for the replicas) and Serve's HTTP proxy on a free
+    port, which is returned."""
+    import ray
+    from ray import serve
+
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        runtime_env={
+            "env_vars": {
+                "AWS_ACCESS_KEY_ID": minio.access_key,
+                "AWS_SECRET_ACCESS_KEY": minio.secret_key,
+                "AWS_REGION": minio.region,
+            }
+        },
+        **({"_metrics_export_port": metrics_port} if metrics_port else {}),
+    )
+    port = process.free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
 
 
 def plain_app(base: Path, minio: MinioServer) -> Any:
@@ -207,19 +239,7 @@ def main() -> int:
         upload(minio, folders)
         index_dir = CACHE / "index"
         write_index(minio, index_dir)
-        ray.init(
-            num_cpus=8,
-            include_dashboard=False,
-            runtime_env={
-                "env_vars": {
-                    "AWS_ACCESS_KEY_ID": minio.access_key,
-                    "AWS_SECRET_ACCESS_KEY": minio.secret_key,
-                    "AWS_REGION": minio.region,
-                }
-            },
-        )
-        port = process.free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        port = start_serve(minio)
         deploy: dict[str, float] = {}
         apps: dict[str, Callable[[], Any]] = {
             "plain": lambda: plain_app(base, minio),
