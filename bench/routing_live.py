@@ -26,9 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from lorafleet_testbed import process
-from lorafleet_testbed.storage import MinioServer
 from lorafleet_testbed.tinymodel import build_lora_adapter, build_tiny_model
-from runtime import ours_app, run_scenario, start_serve, upload, write_index
+from runtime import ours_app, run_scenario, serving
 
 OUT = Path(__file__).parent / "out"
 CACHE = Path.home() / ".cache" / "lorafleet" / "bench-routing-live"
@@ -93,7 +92,6 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=OUT / "routing_live.json")
     options = parser.parse_args()
 
-    import ray
     from ray import serve
 
     base = build_tiny_model(CACHE / "base")
@@ -104,14 +102,9 @@ def main() -> int:
         for name in zipf_stream(names, options.requests, options.zipf, options.seed)
     ]
     results: dict[str, dict[str, Any]] = {}
-    minio = MinioServer()
-    minio.start()
-    try:
-        upload(minio, folders)
-        index_dir = CACHE / "index"
-        write_index(minio, index_dir)
-        metrics_port = process.free_port()
-        port = start_serve(minio, metrics_port)
+    index_dir = CACHE / "index"
+    metrics_port = process.free_port()
+    with serving(folders, index_dir, metrics_port) as (_, port):
         for policy in options.policies:
             app = f"live-{policy}"
             serve.run(
@@ -137,12 +130,6 @@ def main() -> int:
                 )
             results[policy] = result
             serve.delete(app)
-    finally:
-        try:
-            serve.shutdown()
-            ray.shutdown()
-        finally:
-            minio.close()
 
     header = f"{'policy':<10} {'loads':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}"
     print(header)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -117,27 +118,42 @@ def ours_app(
     return build_app(args.to_serve_args())
 
 
-def start_serve(minio: MinioServer, metrics_port: int | None = None) -> int:
-    """Ray (with the MinIO credentials for the replicas) and Serve's HTTP proxy on a free
-    port, which is returned."""
+@contextlib.contextmanager
+def serving(
+    folders: dict[str, Path], index_dir: Path, metrics_port: int | None = None
+) -> Iterator[tuple[MinioServer, int]]:
+    """MinIO holding ``folders`` (the bench catalog, its index written to ``index_dir``), then
+    Ray (the MinIO credentials passed to the replicas) and Serve's HTTP proxy on a free port:
+    yields the server and the port; everything is stopped on exit."""
     import ray
     from ray import serve
 
-    ray.init(
-        num_cpus=8,
-        include_dashboard=False,
-        runtime_env={
-            "env_vars": {
-                "AWS_ACCESS_KEY_ID": minio.access_key,
-                "AWS_SECRET_ACCESS_KEY": minio.secret_key,
-                "AWS_REGION": minio.region,
-            }
-        },
-        **({"_metrics_export_port": metrics_port} if metrics_port else {}),
-    )
-    port = process.free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return port
+    minio = MinioServer()
+    minio.start()
+    try:
+        upload(minio, folders)
+        write_index(minio, index_dir)
+        ray.init(
+            num_cpus=8,
+            include_dashboard=False,
+            runtime_env={
+                "env_vars": {
+                    "AWS_ACCESS_KEY_ID": minio.access_key,
+                    "AWS_SECRET_ACCESS_KEY": minio.secret_key,
+                    "AWS_REGION": minio.region,
+                }
+            },
+            **({"_metrics_export_port": metrics_port} if metrics_port else {}),
+        )
+        port = process.free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            yield minio, port
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    finally:
+        minio.close()
 
 
 def plain_app(base: Path, minio: MinioServer) -> Any:
@@ -228,18 +244,12 @@ def main() -> int:
     )
     options = parser.parse_args()
 
-    import ray
     from ray import serve
 
     base = build_tiny_model(CACHE / "base")
     folders = build_adapters(base, MAX_LORAS, options.cold, options.rounds)
-    minio = MinioServer()
-    minio.start()
-    try:
-        upload(minio, folders)
-        index_dir = CACHE / "index"
-        write_index(minio, index_dir)
-        port = start_serve(minio)
+    index_dir = CACHE / "index"
+    with serving(folders, index_dir) as (minio, port):
         deploy: dict[str, float] = {}
         apps: dict[str, Callable[[], Any]] = {
             "plain": lambda: plain_app(base, minio),
@@ -276,12 +286,6 @@ def main() -> int:
                     )
             results[scenario] = {app: combine(r) for app, r in runs.items()}
             results[scenario]["ratio"] = paired_ratio(runs["plain"], runs["ours"])
-    finally:
-        try:
-            serve.shutdown()
-            ray.shutdown()
-        finally:
-            minio.close()
 
     header = f"{'scenario':<20} {'app':<6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}"
     print(header)
