@@ -1,8 +1,8 @@
-"""Runtime fixtures: one real Ray Serve deployment of lorafleet's app (vLLM CPU engine, tiny
-model) for the whole module, with adapters in three catalogs: the S3-compatible server, the GCS
-emulator and a local folder. Catalog indexes are published as the operator's sync publishes
-them (the operator's own scan and ConfigMap rendering), and the runtime reads them through the
-real API server, as in a cluster."""
+"""Runtime fixtures: a real Ray Serve deployment of lorafleet's app (vLLM CPU engine, tiny
+model) per module (`serve_lorafleet`), over adapters in three catalogs set up once per session:
+the S3-compatible server, the GCS emulator and a local folder. Catalog indexes are published
+as the operator's sync publishes them (the operator's own scan and ConfigMap rendering), and the
+runtime reads them through the real API server, as in a cluster."""
 
 from __future__ import annotations
 
@@ -174,7 +174,10 @@ class Catalogs:
         )
 
 
-@pytest.fixture(scope="module")
+# One set of catalogs per session (the storage servers and the control plane are per session):
+# each module starts its own Ray and Serve over them. test_serving changes a3, adds new
+# adapters and takes a Secret away and back; test_routing uses a0-a2 only.
+@pytest.fixture(scope="session")
 def catalogs(
     control_plane: ControlPlane,
     minio: MinioServer,
