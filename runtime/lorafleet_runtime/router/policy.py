@@ -50,10 +50,6 @@ class Tier(enum.IntEnum):
         return self.name.lower()
 
 
-# What a response's ``x-lorafleet-adapter-tier`` header may say (plus "base").
-TIER_LABELS: Final = tuple(tier.label for tier in Tier)
-
-
 class Reason(enum.StrEnum):
     """Why a replica was chosen (a bounded label for metrics)."""
 
@@ -64,9 +60,6 @@ class Reason(enum.StrEnum):
     COPY = "copy"  # the adapter's demand asks for another copy
     COLD = "cold"  # no replica holds it: its first load
     FALLBACK = "fallback"  # nothing fits the rules (e.g. every replica overloaded)
-
-
-REASON_LABELS: Final = tuple(reason.value for reason in Reason)
 
 
 @dataclass(slots=True)
@@ -233,8 +226,10 @@ class DecayedCounts:
         total = self.total(now)
         return self.get(key, now) / total if total > 0 else 0.0
 
-    def discard(self, key: str) -> None:
-        self._counts.pop(key, None)
+    def last_seen(self, key: str) -> float:
+        """When ``key`` was last added (-inf if never or forgotten)."""
+        entry = self._counts.get(key)
+        return entry[1] if entry else -math.inf
 
     def _prune(self, now: float) -> None:
         ranked = sorted(self._counts, key=lambda k: self._decayed(self._counts[k], now))
@@ -249,14 +244,9 @@ class FrequencyEviction:
 
     def __init__(self, half_life_s: float = 60.0) -> None:
         self.counts = DecayedCounts(half_life_s)
-        self._last_use: dict[str, float] = {}
 
     def record(self, adapter: str, now: float) -> None:
         self.counts.add(adapter, now)
-        self._last_use[adapter] = now
-
-    def forget(self, adapter: str) -> None:
-        self._last_use.pop(adapter, None)
 
     def victim(
         self, resident: Iterable[str], now: float, busy: AbstractSet[str] = frozenset()
@@ -265,7 +255,8 @@ class FrequencyEviction:
         if not candidates:
             return None
         idle = [a for a in candidates if a not in busy] or candidates
-        return min(idle, key=lambda a: (self.counts.get(a, now), self._last_use.get(a, 0.0), a))
+        counts = self.counts
+        return min(idle, key=lambda a: (counts.get(a, now), counts.last_seen(a), a))
 
     def value(self, resident: Iterable[str], slots: int, now: float) -> float:
         """What a new load would evict (0 while a slot is free): ``ReplicaState.evict_value``."""
