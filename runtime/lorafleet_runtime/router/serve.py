@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import replace
 from typing import Any, Final
 
@@ -39,6 +39,8 @@ log = logging.getLogger("lorafleet.router")
 # Requests whose decision is remembered, so Serve's retries of one request (backoff after a
 # replica could not take it) do not count as new demand.
 MAX_REMEMBERED: Final = 4096
+# A decision whose send never happened (cancelled) stops counting after this long.
+ROUTED_TTL_S: Final = 5.0
 
 
 class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
@@ -62,6 +64,8 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         self._decided: OrderedDict[str, tuple[Decision, str | None]] = OrderedDict()
         self._states: dict[str, tuple[Any, Any, ReplicaState]] = {}
         self._ran_on: dict[str, set[str]] = {}
+        # replica -> when this router decided to send it a request Serve has not sent yet
+        self._routed: dict[str, deque[float]] = {}
         self._metrics: RouterMetrics | None = None
         try:
             self._metrics = RouterMetrics()
@@ -77,6 +81,20 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         super().on_send_request(replica_id)
         key = self._key(replica_id)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        # The send a decision announced has happened: it now counts as in flight.
+        routed = self._routed.get(key)
+        if routed:
+            routed.popleft()
+
+    def _queue_len(self, key: str, now: float) -> int:
+        """Requests in flight on ``key``, plus the ones this router decided to send there and
+        Serve has not sent yet (a burst is decided faster than it is sent; without these, a
+        whole burst would see the same idle replica). Decisions whose send never came (the
+        request was cancelled) stop counting after ``ROUTED_TTL_S``."""
+        routed = self._routed.get(key)
+        while routed and now - routed[0] > ROUTED_TTL_S:
+            routed.popleft()
+        return self._in_flight.get(key, 0) + (len(routed) if routed else 0)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         super().on_request_completed(replica_id, internal_request_id)
@@ -94,6 +112,7 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         super().on_replica_actor_died(replica_id)
         key = self._key(replica_id)
         self._in_flight.pop(key, None)
+        self._routed.pop(key, None)
         self._states.pop(key, None)
         self._ran_on.pop(key, None)
 
@@ -111,7 +130,7 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         return replace(state, gpu=state.gpu | adapters, loading=state.loading - adapters)
 
     # ----------------------------------------------------------------- the decision
-    def states(self, replicas: list[RunningReplica]) -> list[ReplicaState]:
+    def states(self, replicas: list[RunningReplica], now: float) -> list[ReplicaState]:
         """The policy's view of ``replicas``: residency parsed again only when Serve handed
         over new information for a replica (its multiplexed ids or routing stats object
         changed); the queue length is this router's count, current at every call."""
@@ -139,13 +158,14 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
                 cache[key] = (mux, stats, state)
             else:
                 state = cached[2]
-            state.queue_len = self._in_flight.get(key, 0)
+            state.queue_len = self._queue_len(key, now)
             states.append(state)
         if len(cache) > 2 * len(replicas) + 16:
             live = {self._key(r.replica_id) for r in replicas}
             for key in [k for k in cache if k not in live]:
                 del cache[key]
                 self._ran_on.pop(key, None)
+                self._routed.pop(key, None)
         return states
 
     async def choose_replicas(
@@ -162,8 +182,11 @@ class LoraFleetRequestRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         if decision is None or decision.first not in by_key:
             model_id = pending_request.metadata.multiplexed_model_id if pending_request else ""
             adapter = adapter_of(model_id, self._base_model_id) if model_id else None
-            states = self.states(candidate_replicas)
-            decision = self._policy.choose(adapter, states, time.monotonic())
+            now = time.monotonic()
+            states = self.states(candidate_replicas, now)
+            decision = self._policy.choose(adapter, states, now)
+            if decision.first is not None:
+                self._routed.setdefault(decision.first, deque()).append(now)
             self._record(decision, adapter, states)
             if request_id:
                 self._decided[request_id] = (decision, adapter)
