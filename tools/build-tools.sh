@@ -114,9 +114,32 @@ finish() { # finish OUT: move OUT.tmp into place atomically and stamp it
   mv "$out.tmp" "$out"
 }
 
+# Helm's Makefile stamps the Kubernetes version of its client-go into the binary; without it
+# `helm template` and `helm lint` assume Kubernetes v1.20 and refuse charts that need newer.
+# HELM_RECIPE is this recipe's revision: bump it when the flags change, so caches rebuild.
+HELM_RECIPE=2
 build_helm() {
-  go_build helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm \
-    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local out="$cache/tools/helm-$HELM_VERSION-r$HELM_RECIPE"
+  if done_stamp "$out"; then link_bins "$out" helm; return; fi
+  log "building helm $HELM_VERSION"
+  local src="$cache/src/helm-$HELM_VERSION"
+  rm -rf "$src" "$out.tmp"; mkdir -p "$src" "$out.tmp"
+  (
+    cd "$src"
+    go mod init lorafleet.dev/tools/helm >/dev/null 2>&1
+    go mod edit -require="helm.sh/helm/v3@$HELM_VERSION"
+    local client_go major minor ldflags
+    client_go=$(GOFLAGS=-mod=mod go list -m -f '{{.Version}}' k8s.io/client-go)  # v0.37.0
+    minor=$(echo "$client_go" | cut -d. -f2)
+    major=$(( $(echo "${client_go#v}" | cut -d. -f1) + 1 ))
+    ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+      ldflags+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+    done
+    GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "$ldflags" -o "$out.tmp/helm" helm.sh/helm/v3/cmd/helm
+  )
+  finish "$out"
+  link_bins "$out" helm
 }
 build_kuberay() {
   local m=github.com/ray-project/kuberay/ray-operator
