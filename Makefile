@@ -67,6 +67,28 @@ serve: venv runtime-cpu ## Answer requests for examples/lora-model.yaml on this 
 	LORAFLEET_MODEL_SOURCE=$(TINY_MODEL)/base $(VENV)/bin/lorafleet serve \
 	  -f examples/lora-model.yaml -f $(TINY_MODEL)/adapter-catalog.yaml --port $(SERVE_PORT)
 
+# Container images (needs a Docker engine: not on the development machines, which never build
+# them). Tags follow the package version, as the chart's appVersion and the operator's default
+# runtime image do.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REGISTRY ?= ghcr.io/lorafleet
+DOCKER ?= docker
+
+.PHONY: images
+images: ## Build the operator and runtime images with Docker (REGISTRY=..., tag = package version)
+	@command -v $(DOCKER) >/dev/null || { echo "make images needs $(DOCKER) (a Docker engine); none here"; exit 1; }
+	$(DOCKER) build -f operator/Dockerfile -t $(REGISTRY)/operator:$(VERSION) .
+	$(DOCKER) build -f runtime/Dockerfile -t $(REGISTRY)/runtime:$(VERSION) .
+
+.PHONY: helm-lint
+helm-lint: tools ## helm lint and helm template the chart with each of its ci/ values files
+	$(LORAFLEET_CACHE)/bin/helm lint charts/lorafleet
+	@for f in charts/lorafleet/ci/*.yaml; do \
+	  echo "helm template -f $$f"; \
+	  $(LORAFLEET_CACHE)/bin/helm lint charts/lorafleet -f $$f --quiet || exit 1; \
+	  $(LORAFLEET_CACHE)/bin/helm template lorafleet charts/lorafleet -f $$f >/dev/null || exit 1; \
+	done
+
 .PHONY: lint
 lint: venv runtime-cpu ## ruff, mypy --strict (against the installed Ray and vLLM) and import-linter
 	$(VENV)/bin/ruff check .
