@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lorafleet_operator.model import CatalogSnapshot
 
 
@@ -53,3 +55,45 @@ def test_missing_catalog_is_not_found() -> None:
     missing = CatalogSnapshot.missing("sales", "demo")
     assert not missing.found
     assert missing.valid_adapters == 0
+
+
+def test_snapshot_reads_the_credentials_secret_and_the_index_shard_count() -> None:
+    snapshot = CatalogSnapshot.from_object(
+        {
+            "metadata": {"name": "support", "namespace": "demo"},
+            "spec": {
+                "source": {"uri": "s3://b/p", "credentialsSecretRef": {"name": "s3-keys"}},
+            },
+            "status": {"index": {"configMap": "lorafleet-catalog.support", "shards": 4}},
+        }
+    )
+    assert snapshot.credentials_secret == "s3-keys"
+    assert snapshot.index_shards == 4
+
+
+def test_no_secret_and_no_index_yet_read_as_none_and_zero() -> None:
+    snapshot = CatalogSnapshot.from_object(
+        {"metadata": {"name": "c"}, "spec": {"source": {"uri": "gs://b/p"}}}
+    )
+    assert snapshot.credentials_secret is None
+    assert snapshot.index_shards == 0
+    missing = CatalogSnapshot.missing("c", "demo")
+    assert (missing.credentials_secret, missing.index_shards) == (None, 0)
+
+
+@pytest.mark.parametrize(
+    "spec,status",
+    [
+        ({"source": {"credentialsSecretRef": {"name": ""}}}, {"index": {"shards": -1}}),
+        ({"source": {"credentialsSecretRef": {"name": 7}}}, {"index": {"shards": "4"}}),
+        ({"source": {"credentialsSecretRef": "s3-keys"}}, {"index": {"shards": True}}),
+        ({"source": "s3://b/p"}, {"index": 4}),
+        ("spec", "status"),
+    ],
+)
+def test_malformed_secret_refs_and_shard_counts_are_ignored(spec: object, status: object) -> None:
+    snapshot = CatalogSnapshot.from_object(
+        {"metadata": {"name": "c"}, "spec": spec, "status": status}
+    )
+    assert snapshot.credentials_secret is None
+    assert snapshot.index_shards == 0

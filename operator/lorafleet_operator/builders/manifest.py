@@ -1,13 +1,29 @@
-"""Pieces every rendered object shares (owner references), and the YAML text of rendered
-objects for people: `lorafleet render` output and golden files."""
+"""Pieces every rendered object shares (owner references, labels, the spec-hash annotation),
+and the YAML text of rendered objects for people: `lorafleet render` output and golden
+files."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from lorafleet_api.names import API_GROUP_VERSION
+from lorafleet_api.names import (
+    ANNOTATION_SPEC_HASH,
+    API_GROUP_VERSION,
+    APP_NAME,
+    FIELD_MANAGER,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_LORAMODEL,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PART_OF,
+)
+from lorafleet_operator.constants import COMPONENT_LLM_SERVER
 
 
 class _ManifestDumper(yaml.SafeDumper):
@@ -40,3 +56,30 @@ def owner_reference(
         "controller": True,
         "blockOwnerDeletion": block_owner_deletion,
     }
+
+
+def standard_labels(name: str) -> dict[str, str]:
+    """Labels on every object rendered for the LoRAModel ``name``."""
+    return {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: name,
+        LABEL_COMPONENT: COMPONENT_LLM_SERVER,
+        LABEL_PART_OF: APP_NAME,
+        LABEL_MANAGED_BY: FIELD_MANAGER,
+        LABEL_LORAMODEL: name,
+    }
+
+
+def desired_state_hash(obj: Mapping[str, Any]) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace): independent of dict order."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def with_spec_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with the ``spec-hash`` annotation of everything else in it (set last, so the
+    hash covers the whole rendered object). The reconciler applies an object only when this
+    differs from the live one's: never a diff against the live object, which carries the API
+    server's defaults."""
+    obj["metadata"]["annotations"] = {ANNOTATION_SPEC_HASH: desired_state_hash(obj)}
+    return obj

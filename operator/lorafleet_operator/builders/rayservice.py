@@ -13,8 +13,6 @@ the byte of ``serveConfigV2``. What KubeRay does with each part decides what goe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -23,24 +21,16 @@ import yaml
 
 from lorafleet_api.contract import RuntimeArgs
 from lorafleet_api.names import (
-    ANNOTATION_SPEC_HASH,
-    APP_NAME,
-    FIELD_MANAGER,
-    LABEL_COMPONENT,
-    LABEL_INSTANCE,
     LABEL_LORAMODEL,
-    LABEL_MANAGED_BY,
-    LABEL_NAME,
-    LABEL_PART_OF,
     LORAMODEL_KIND,
     RUNTIME_IMPORT_PATH,
     SERVE_APPLICATION_NAME,
 )
-from lorafleet_operator.builders.manifest import owner_reference
+from lorafleet_operator.builders.manifest import owner_reference, standard_labels, with_spec_hash
 from lorafleet_operator.builders.names import rayservice_name
 from lorafleet_operator.builders.runtime_args import render_runtime_args
+from lorafleet_operator.builders.runtime_rbac import runtime_service_account
 from lorafleet_operator.constants import (
-    COMPONENT_LLM_SERVER,
     HEAD_CONTAINER_NAME,
     HEAD_PORTS,
     PORT_SERVE,
@@ -88,8 +78,7 @@ def render_rayservice(
             "upgradeStrategy": _upgrade_strategy(model.spec),
         },
     }
-    metadata["annotations"] = {ANNOTATION_SPEC_HASH: desired_state_hash(rayservice)}
-    return rayservice
+    return with_spec_hash(rayservice)
 
 
 def render_serve_config(runtime_args: RuntimeArgs) -> str:
@@ -106,24 +95,6 @@ def render_serve_config(runtime_args: RuntimeArgs) -> str:
         ]
     }
     return yaml.safe_dump(serve_config, sort_keys=True, default_flow_style=False)
-
-
-def desired_state_hash(obj: Mapping[str, Any]) -> str:
-    """sha256 of canonical JSON (sorted keys, no whitespace): independent of dict order."""
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def standard_labels(name: str) -> dict[str, str]:
-    """Labels on every object rendered for the LoRAModel ``name``."""
-    return {
-        LABEL_NAME: APP_NAME,
-        LABEL_INSTANCE: name,
-        LABEL_COMPONENT: COMPONENT_LLM_SERVER,
-        LABEL_PART_OF: APP_NAME,
-        LABEL_MANAGED_BY: FIELD_MANAGER,
-        LABEL_LORAMODEL: name,
-    }
 
 
 def worker_pod_counts(spec: LoRAModelSpec) -> tuple[int, int]:
@@ -161,7 +132,7 @@ def _ray_cluster_config(model: LoRAModel, config: OperatorConfig) -> dict[str, A
             "template": {
                 "metadata": {"labels": _pod_labels(model.name)},
                 "spec": _pod_spec(
-                    spec,
+                    model,
                     container={
                         "name": HEAD_CONTAINER_NAME,
                         "image": image,
@@ -188,7 +159,7 @@ def _ray_cluster_config(model: LoRAModel, config: OperatorConfig) -> dict[str, A
                 "template": {
                     "metadata": {"labels": _pod_labels(model.name)},
                     "spec": _pod_spec(
-                        spec,
+                        model,
                         container={
                             "name": WORKER_CONTAINER_NAME,
                             "image": image,
@@ -224,15 +195,19 @@ def _pod_labels(name: str) -> dict[str, str]:
 
 
 def _pod_spec(
-    spec: LoRAModelSpec, *, container: dict[str, Any], with_node_selector: bool
+    model: LoRAModel, *, container: dict[str, Any], with_node_selector: bool
 ) -> dict[str, Any]:
+    spec = model.spec
     if spec.env:
         container["env"] = [
             variable.model_dump(by_alias=True, exclude_none=True) for variable in spec.env
         ]
-    pod: dict[str, Any] = {"containers": [container]}
-    if spec.service_account_name:
-        pod["serviceAccountName"] = spec.service_account_name
+    pod: dict[str, Any] = {
+        "containers": [container],
+        # Head and workers alike: the runtime reads its catalogs through the API wherever
+        # Serve places it (builders/runtime_rbac.py grants that ServiceAccount just that).
+        "serviceAccountName": runtime_service_account(model),
+    }
     if with_node_selector and spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:

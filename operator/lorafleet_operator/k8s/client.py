@@ -8,6 +8,7 @@ import builtins
 import contextlib
 import datetime
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from kubernetes_asyncio import client, config
@@ -46,6 +47,7 @@ class KubeClient:
         self._api_client = api_client
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._rbac = client.RbacAuthorizationV1Api(api_client)
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None) -> KubeClient:
@@ -194,9 +196,65 @@ class KubeClient:
 
     async def apply_configmap(self, obj: JsonObj) -> None:
         """Server-side apply with lorafleet's field manager (force: we own these objects)."""
+        await self._apply_typed(self._core.patch_namespaced_config_map, obj)
+
+    async def delete_configmap(self, namespace: str, name: str) -> None:
+        """Delete; already gone is fine."""
+        try:
+            await self._core.delete_namespaced_config_map(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise _api_error(err) from err
+
+    # ------------------------------------------------------------------ runtime RBAC
+    # The ServiceAccount, Role and RoleBinding of a LoRAModel's Ray pods. Server-side apply of
+    # an object that does not exist yet is a create: the apply methods need both verbs.
+
+    async def get_service_account(self, namespace: str, name: str) -> JsonObj | None:
+        """Verbs: ``get`` serviceaccounts (core). ``None`` when it does not exist."""
+        return await self._read(self._core.read_namespaced_service_account, namespace, name)
+
+    async def apply_service_account(self, obj: JsonObj) -> None:
+        """Verbs: ``create`` and ``patch`` serviceaccounts (core). Server-side apply with
+        lorafleet's field manager (force: we own these objects)."""
+        await self._apply_typed(self._core.patch_namespaced_service_account, obj)
+
+    async def get_role(self, namespace: str, name: str) -> JsonObj | None:
+        """Verbs: ``get`` roles (rbac.authorization.k8s.io). ``None`` when it does not exist."""
+        return await self._read(self._rbac.read_namespaced_role, namespace, name)
+
+    async def apply_role(self, obj: JsonObj) -> None:
+        """Verbs: ``create`` and ``patch`` roles (rbac.authorization.k8s.io). Server-side apply
+        with lorafleet's field manager. The API server refuses a Role that grants what the
+        operator does not hold itself (no ``escalate`` verb is asked for)."""
+        await self._apply_typed(self._rbac.patch_namespaced_role, obj)
+
+    async def get_role_binding(self, namespace: str, name: str) -> JsonObj | None:
+        """Verbs: ``get`` rolebindings (rbac.authorization.k8s.io). ``None`` when it does not
+        exist."""
+        return await self._read(self._rbac.read_namespaced_role_binding, namespace, name)
+
+    async def apply_role_binding(self, obj: JsonObj) -> None:
+        """Verbs: ``create`` and ``patch`` rolebindings (rbac.authorization.k8s.io). Server-side
+        apply with lorafleet's field manager. The API server allows binding a Role only to a
+        client that holds what it grants (no ``bind`` verb is asked for)."""
+        await self._apply_typed(self._rbac.patch_namespaced_role_binding, obj)
+
+    async def _read(
+        self, read: Callable[..., Awaitable[Any]], namespace: str, name: str
+    ) -> JsonObj | None:
+        try:
+            obj = await read(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _api_error(err) from err
+        return cast(JsonObj, self._api_client.sanitize_for_serialization(obj))
+
+    async def _apply_typed(self, patch: Callable[..., Awaitable[Any]], obj: JsonObj) -> None:
         meta = obj["metadata"]
         try:
-            await self._core.patch_namespaced_config_map(
+            await patch(
                 meta["name"],
                 meta["namespace"],
                 obj,
@@ -206,14 +264,6 @@ class KubeClient:
             )
         except ApiException as err:
             raise _api_error(err) from err
-
-    async def delete_configmap(self, namespace: str, name: str) -> None:
-        """Delete; already gone is fine."""
-        try:
-            await self._core.delete_namespaced_config_map(name, namespace)
-        except ApiException as err:
-            if err.status != 404:
-                raise _api_error(err) from err
 
     # ------------------------------------------------------------------ Events
     async def post_event(

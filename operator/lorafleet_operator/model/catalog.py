@@ -33,6 +33,11 @@ class CatalogSnapshot(BaseModel):
     # Valid adapters per LoRA rank (invalid adapters are never served, so never counted).
     rank_histogram: dict[int, int] = Field(default_factory=dict)
     adapters: tuple[AdapterRank, ...] = ()
+    # The Secret named by spec.source.credentialsSecretRef, if any (the runtime reads it).
+    credentials_secret: str | None = None
+    # Shard ConfigMaps of the catalog's index as of the last sync (status.index.shards);
+    # 0 when not synced yet.
+    index_shards: int = Field(default=0, ge=0)
 
     @property
     def valid_adapters(self) -> int:
@@ -53,12 +58,16 @@ class CatalogSnapshot(BaseModel):
         """Summarise an AdapterCatalog object as read from the API server or a file.
 
         Reads ``status.rankHistogram`` (valid adapters per rank; JSON keys are strings) and
-        ``status.adapters`` (a bounded list of valid adapters, ``{name, rank}``). When the
-        histogram is absent it is counted from the list. A catalog not synced yet (no
-        status) is found but has no adapters. Malformed entries are skipped: a catalog's
-        status must never stop its models from rendering."""
+        ``status.adapters`` (a bounded list of valid adapters, ``{name, rank}``), the
+        index's shard count (``status.index.shards``) and the credentials Secret's name
+        (``spec.source.credentialsSecretRef.name``). When the histogram is absent it is
+        counted from the list. A catalog not synced yet (no status) is found but has no
+        adapters and no shards. Malformed entries are skipped: a catalog's status must never
+        stop its models from rendering."""
         metadata = obj.get("metadata") or {}
         status = obj.get("status") or {}
+        if not isinstance(status, Mapping):
+            status = {}
         adapters = tuple(
             AdapterRank(name=entry["name"], rank=entry["rank"])
             for entry in status.get("adapters") or []
@@ -81,4 +90,21 @@ class CatalogSnapshot(BaseModel):
             found=True,
             rank_histogram=histogram,
             adapters=adapters,
+            credentials_secret=_credentials_secret(obj.get("spec")),
+            index_shards=_index_shards(status.get("index")),
         )
+
+
+def _credentials_secret(spec: Any) -> str | None:
+    source = spec.get("source") if isinstance(spec, Mapping) else None
+    ref = source.get("credentialsSecretRef") if isinstance(source, Mapping) else None
+    name = ref.get("name") if isinstance(ref, Mapping) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _index_shards(index: Any) -> int:
+    shards = index.get("shards") if isinstance(index, Mapping) else None
+    # bool is an int in Python; `true` is no shard count.
+    if isinstance(shards, int) and not isinstance(shards, bool) and shards > 0:
+        return shards
+    return 0

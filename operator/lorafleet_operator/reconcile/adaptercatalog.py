@@ -46,6 +46,8 @@ class CachedIndex:
     settings: str
     records: dict[str, AdapterRecord]
     manifest: IndexManifest | None = None
+    # spec.source.credentialsSecretRef.name at that sync: LoRAModels' Roles name the Secret.
+    credentials_secret: str | None = None
 
 
 @dataclass
@@ -70,7 +72,9 @@ class SyncOutcome:
     duration_seconds: float
     # Where the time went: "scan" (listing, config reads, validation), "index" (ConfigMaps).
     phase_seconds: dict[str, float]
-    # The part of status LoRAModels read (rank histogram, adapter sample) changed.
+    # What LoRAModels read of the catalog changed: the rank histogram or adapter sample
+    # (status), the index's shard count (their Role names the shards) or the credentials
+    # Secret's name (their Role names it too).
     summary_changed: bool
 
 
@@ -160,8 +164,15 @@ async def index_intact(
     )
 
 
-def _summary(status: Mapping[str, Any]) -> tuple[Any, Any]:
-    return status.get("rankHistogram"), status.get("adapters")
+def _summary(status: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    index = status.get("index")
+    shards = index.get("shards") if isinstance(index, Mapping) else None
+    return status.get("rankHistogram"), status.get("adapters"), shards
+
+
+def _credentials_secret(catalog: AdapterCatalog) -> str | None:
+    ref = catalog.spec.source.credentials_secret_ref
+    return ref.name if ref is not None else None
 
 
 async def sync_adaptercatalog(
@@ -214,6 +225,9 @@ async def sync_adaptercatalog(
     scanned = time.monotonic()
     changes = compare_records(old_records, scan.records)
     cached = cache.entries.get((namespace, name))
+    secret = _credentials_secret(catalog)
+    # Only a change this process saw: at start-up every LoRAModel is reconciled anyway.
+    secret_changed = cached is not None and cached.credentials_secret != secret
     manifest: IndexManifest | None = None
     written = 0
     if (
@@ -236,6 +250,7 @@ async def sync_adaptercatalog(
         settings=settings,
         records={r.name: r for r in scan.records},
         manifest=manifest,
+        credentials_secret=secret,
     )
     duration = time.monotonic() - started
     phases = {
@@ -270,7 +285,7 @@ async def sync_adaptercatalog(
         configmaps_written=written,
         duration_seconds=duration,
         phase_seconds=phases,
-        summary_changed=_summary(status) != _summary(previous_status),
+        summary_changed=secret_changed or _summary(status) != _summary(previous_status),
     )
 
 

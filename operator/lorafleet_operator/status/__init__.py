@@ -6,6 +6,7 @@ from __future__ import annotations
 from lorafleet_operator.status.adaptercatalog import failed_status, rank_histogram, synced_status
 from lorafleet_operator.status.conditions import find_condition, set_condition
 from lorafleet_operator.status.loramodel import (
+    ApplyFailure,
     compute_loramodel_status,
     count_adapters,
     invalid_spec_status,
@@ -14,6 +15,7 @@ from lorafleet_operator.status.loramodel import (
 from lorafleet_operator.status.rayservice import RayServiceHealth, assess_rayservice
 
 __all__ = [
+    "ApplyFailure",
     "RayServiceHealth",
     "assess_rayservice",
     "compute_loramodel_status",

@@ -5,7 +5,9 @@ Conditions:
   RayService signal agrees (see ``rayservice.py``) and every referenced catalog exists.
 - ``Progressing``: a RayService is being created, upgraded or deployed.
 - ``Degraded``: something needs a person: a Serve deployment failed, KubeRay refused the
-  RayService, or a referenced AdapterCatalog is missing.
+  RayService, a referenced AdapterCatalog is missing, or the API server refused an object the
+  operator writes (``OperatorForbidden`` when the operator lacks a permission, else
+  ``ApplyFailed``); what was applied before keeps serving.
 
 ``status.warnings``: what the user should change in a spec that still works (a deprecated
 router policy name), one message each; absent when there is nothing to say. The reconciler
@@ -21,6 +23,7 @@ once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -45,6 +48,18 @@ DEGRADED: Final = "Degraded"
 MAX_INCOMPATIBLE_NAMES: Final = 20
 NOT_READY_SINCE: Final = "notReadySince"
 WARNINGS: Final = "warnings"
+# Reasons of an ApplyFailure: the API server said 403, or refused otherwise.
+OPERATOR_FORBIDDEN: Final = "OperatorForbidden"
+APPLY_FAILED: Final = "ApplyFailed"
+
+
+@dataclass(frozen=True)
+class ApplyFailure:
+    """The API server refused an object the operator writes for the LoRAModel: one-word
+    reason (``OPERATOR_FORBIDDEN`` or ``APPLY_FAILED``) and what to do about it."""
+
+    reason: str
+    message: str
 
 
 def compute_loramodel_status(
@@ -55,11 +70,15 @@ def compute_loramodel_status(
     *,
     now: datetime,
     debounce_seconds: float,
+    apply_failure: ApplyFailure | None = None,
 ) -> dict[str, Any]:
     """The LoRAModel's whole ``status`` (handlers patch it only when it differs).
 
     ``snapshots`` should hold one entry per referenced catalog; a referenced catalog without
     one counts as not found. ``rayservice`` is the live object, None when it does not exist.
+    ``apply_failure``: this reconcile could not write what the spec asks for. It makes the
+    LoRAModel Degraded and not Progressing; Ready still follows the RayService that exists
+    (it keeps serving the spec applied before), or names the failure when there is none.
     """
     previous = previous_status or {}
     generation = model.generation or 0
@@ -76,6 +95,8 @@ def compute_loramodel_status(
     flappy = False
     if missing:
         ready_now = NotReady("CatalogNotFound", _missing_message(missing, model.namespace))
+    elif health is None and apply_failure is not None:
+        ready_now = NotReady(apply_failure.reason, apply_failure.message)
     elif health is None:
         ready_now = NotReady("RayServiceMissing", f"RayService {where} does not exist yet")
     else:
@@ -98,8 +119,12 @@ def compute_loramodel_status(
     else:
         ready = ("False", ready_now.reason, ready_now.message)
 
-    progressing = _progressing(health, where)
-    degraded = _degraded(health, missing, model.namespace)
+    progressing: tuple[ConditionStatus, str, str]
+    if apply_failure is not None:
+        progressing = ("False", apply_failure.reason, apply_failure.message)
+    else:
+        progressing = _progressing(health, where)
+    degraded = _degraded(health, missing, model.namespace, apply_failure)
 
     conditions = previous.get("conditions")
     for condition_type, (condition_status, reason, message) in (
@@ -251,9 +276,14 @@ def _progressing(health: RayServiceHealth | None, where: str) -> tuple[Condition
 
 
 def _degraded(
-    health: RayServiceHealth | None, missing: Sequence[str], namespace: str
+    health: RayServiceHealth | None,
+    missing: Sequence[str],
+    namespace: str,
+    apply_failure: ApplyFailure | None,
 ) -> tuple[ConditionStatus, str, str]:
     problems: list[tuple[str, str]] = []
+    if apply_failure is not None:
+        problems.append((apply_failure.reason, apply_failure.message))
     if health is not None and health.invalid:
         problems.append(
             ("RayServiceInvalid", f"KubeRay rejected the RayService: {health.kuberay_message}")
