@@ -84,6 +84,17 @@ def render(files: tuple[Path, ...], image: str | None) -> None:
     click.echo("---\n".join(out), nl=False)
 
 
+def _check_metrics_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from lorafleet_operator.model.config import split_host_port
+
+    if value:
+        try:
+            split_host_port(value)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+    return value
+
+
 @main.command()
 @click.option(
     "-n",
@@ -146,6 +157,13 @@ def render(files: tuple[Path, ...], image: str | None) -> None:
     help="Storage requests in flight per catalog sync.",
 )
 @click.option(
+    "--metrics-address",
+    default="",
+    envvar="LORAFLEET_METRICS_ADDRESS",
+    callback=_check_metrics_address,
+    help="Serve Prometheus metrics on HOST:PORT (/metrics), e.g. 0.0.0.0:9090. Default: none.",
+)
+@click.option(
     "--kubeconfig",
     default=None,
     envvar="KUBECONFIG",
@@ -161,10 +179,12 @@ def operator(
     drift_check_seconds: float,
     catalog_tick_seconds: float,
     catalog_fetch_concurrency: int,
+    metrics_address: str,
     kubeconfig: str | None,
     verbose: bool,
 ) -> None:
     """Run the operator (kopf, standalone) against the current kubeconfig or in-cluster."""
+    from lorafleet_operator.metrics import MetricsEndpointError
     from lorafleet_operator.model.config import OperatorConfig
     from lorafleet_operator.runner import run_operator
 
@@ -173,18 +193,22 @@ def operator(
         "drift_check_seconds": drift_check_seconds,
         "catalog_tick_seconds": catalog_tick_seconds,
         "catalog_fetch_concurrency": catalog_fetch_concurrency,
+        "metrics_address": metrics_address,
         "kubeconfig": kubeconfig or None,
     }
     if image:
         settings["default_image"] = image
     config = OperatorConfig(**settings)
-    run_operator(
-        namespaces=namespaces,
-        log_format=log_format,
-        liveness_endpoint=None if liveness == "none" else liveness,
-        verbose=verbose,
-        config=config,
-    )
+    try:
+        run_operator(
+            namespaces=namespaces,
+            log_format=log_format,
+            liveness_endpoint=None if liveness == "none" else liveness,
+            verbose=verbose,
+            config=config,
+        )
+    except MetricsEndpointError as err:
+        raise click.ClickException(str(err)) from None
 
 
 @main.command()

@@ -3,7 +3,10 @@
 Standalone mode, deliberately: lorafleet runs as one replica (the chart's Deployment uses
 the Recreate strategy), so kopf's peering, which needs its own cluster-wide CRDs and RBAC,
 buys nothing. Every write is idempotent (server-side apply guarded by our spec hash; status
-patched only when it changed), so a restart at any point converges."""
+patched only when it changed), so a restart at any point converges.
+
+The metrics endpoint (``--metrics-address``) is opened before kopf starts: an address that
+cannot be bound stops the operator with that error instead of running unobserved."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from collections.abc import Sequence
 
 import kopf
 
+from lorafleet_operator.metrics import OperatorMetrics
 from lorafleet_operator.model.config import OperatorConfig
 from lorafleet_operator.reconcile.state import OperatorState
 
@@ -35,11 +39,25 @@ def run_operator(
     kopf.configure(verbose=verbose, log_format=LOG_FORMATS[log_format])
     if not verbose:
         logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
-        liveness_endpoint=liveness_endpoint,
-        # One typed object for everything kept between events (handlers.lifecycle.state_of).
-        memo=kopf.Memo(state=OperatorState(config=config, namespaces=tuple(namespaces))),
-    )
+    metrics = OperatorMetrics()
+    server = None
+    if config.metrics_endpoint is not None:
+        # Raises MetricsEndpointError (the CLI says why and exits 1) before kopf starts.
+        server = metrics.serve(*config.metrics_endpoint)
+        logging.getLogger(__name__).info(
+            "Opened the metrics endpoint on %s (/metrics)", config.metrics_address
+        )
+    state = OperatorState(config=config, namespaces=tuple(namespaces), metrics=metrics)
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            liveness_endpoint=liveness_endpoint,
+            # One typed object for everything kept between events (handlers.lifecycle.state_of).
+            memo=kopf.Memo(state=state),
+        )
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()

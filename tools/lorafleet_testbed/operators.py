@@ -78,7 +78,8 @@ class KubeRayOperator(_LocalOperator):
 
 
 class LorafleetOperator(_LocalOperator):
-    """``python -m lorafleet_cli.main operator`` from this interpreter's environment."""
+    """``python -m lorafleet_cli.main operator`` from this interpreter's environment, with its
+    Prometheus endpoint at :attr:`metrics_url`."""
 
     name = "lorafleet-operator"
 
@@ -94,6 +95,9 @@ class LorafleetOperator(_LocalOperator):
         super().__init__(kubeconfig, log_dir, detach=detach)
         self.debounce_seconds = debounce_seconds
         self.drift_check_seconds = drift_check_seconds
+        self.metrics_port = process.free_port()
+        while self.metrics_port == self.port:  # both were free, but not from each other
+            self.metrics_port = process.free_port()
 
     def _argv(self) -> list[str]:
         return [
@@ -103,6 +107,7 @@ class LorafleetOperator(_LocalOperator):
             "operator",
             "--log-format=full",
             f"--liveness=http://127.0.0.1:{self.port}/healthz",
+            f"--metrics-address=127.0.0.1:{self.metrics_port}",
         ]
 
     def _env(self) -> dict[str, str]:
@@ -115,3 +120,7 @@ class LorafleetOperator(_LocalOperator):
 
     def _health_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/healthz"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"

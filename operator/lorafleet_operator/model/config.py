@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lorafleet_operator.constants import DEFAULT_RUNTIME_IMAGE, RAY_VERSION
 
@@ -33,3 +33,30 @@ class OperatorConfig(BaseModel):
     catalog_fetch_concurrency: int = Field(default=32, ge=1)
     # The kubeconfig to use (KUBECONFIG); None: ~/.kube/config if present, else in-cluster.
     kubeconfig: str | None = None
+    # Where Prometheus scrapes /metrics (HOST:PORT); empty: no endpoint.
+    metrics_address: str = ""
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _check_metrics_address(cls, value: str) -> str:
+        if value:
+            split_host_port(value)
+        return value
+
+    @property
+    def metrics_endpoint(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics endpoint; None when there is none."""
+        return split_host_port(self.metrics_address) if self.metrics_address else None
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port). An IPv6 host goes in brackets (``[::]:9090``); an empty
+    host (``:9090``) means every IPv4 interface. Raises ValueError saying what is wrong."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not HOST:PORT with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{address!r}: an IPv6 host goes in brackets, as in [::]:{port}")
+    return host or "0.0.0.0", int(port)  # noqa: S104  (binding every interface is asked for)

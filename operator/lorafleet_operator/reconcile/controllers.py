@@ -9,19 +9,25 @@ errors raised here (InvalidSpecError → PermanentError, KubeApiError → Tempor
 
 Both loops are one task each for all objects rather than kopf timers: kopf puts a finalizer
 on every object with a timer, which would block ``kubectl delete`` whenever the operator is
-not running (what we own is garbage-collected without our help)."""
+not running (what we own is garbage-collected without our help).
+
+Each reconcile and sync is counted and timed in ``state.metrics`` (:func:`_measured`); a
+successful sync also records the catalog's counts, a deletion removes them
+(:func:`catalog_deleted`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from lorafleet_api import names
 from lorafleet_operator.errors import InvalidSpecError, LorafleetError
 from lorafleet_operator.k8s.client import KubeApiError
+from lorafleet_operator.metrics import API_ERROR, CRASH
 from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec, parse_duration
 from lorafleet_operator.model.loramodel import SpecWarning
 from lorafleet_operator.reconcile.adaptercatalog import (
@@ -59,6 +65,32 @@ async def _event(
     )
 
 
+def failure_reason(err: Exception) -> str:
+    """The reason a failure is reported under (Events, metrics): a LorafleetError's own,
+    ApiError for the API server, Crash for anything else (a bug)."""
+    if isinstance(err, LorafleetError):
+        return err.reason
+    if isinstance(err, KubeApiError):
+        return API_ERROR
+    return CRASH
+
+
+@contextlib.contextmanager
+def _measured(state: OperatorState, kind: str, catalog: ObjectKey | None = None) -> Iterator[None]:
+    """Count and time one reconcile of ``kind``; a failed sync also counts for its catalog.
+    Cancellation (shutdown) is not a reconcile that finished: nothing is recorded."""
+    started = time.monotonic()
+    try:
+        yield
+    except Exception as err:
+        reason = failure_reason(err)
+        state.metrics.reconciled(kind, time.monotonic() - started, reason)
+        if catalog is not None:
+            state.metrics.catalog_sync_failed(*catalog, reason)
+        raise
+    state.metrics.reconciled(kind, time.monotonic() - started)
+
+
 # ---------------------------------------------------------------- LoRAModels
 async def reconcile_model(state: OperatorState, body: Mapping[str, Any], logger: Logger) -> Outcome:
     """Reconcile one LoRAModel under its lock and report it. Raises InvalidSpecError or
@@ -66,14 +98,15 @@ async def reconcile_model(state: OperatorState, body: Mapping[str, Any], logger:
     key = object_key(body)
     now = _now()
     async with state.model_locks.lock(key):
-        try:
-            outcome = await reconcile_loramodel(state.kube, body, state.config, now=now)
-        except InvalidSpecError as err:
-            await _event(state, body, "Warning", err.reason, err.message)
-            raise
-        except KubeApiError as err:
-            await _event(state, body, "Warning", "ApplyFailed", err.message)
-            raise
+        with _measured(state, names.LORAMODEL_KIND):
+            try:
+                outcome = await reconcile_loramodel(state.kube, body, state.config, now=now)
+            except InvalidSpecError as err:
+                await _event(state, body, "Warning", err.reason, err.message)
+                raise
+            except KubeApiError as err:
+                await _event(state, body, "Warning", "ApplyFailed", err.message)
+                raise
     if outcome.applied:
         message = f"Applied RayService {outcome.rayservice}"
         await _event(state, body, "Normal", "Applied", message)
@@ -119,6 +152,17 @@ async def reconcile_model_quietly(
     except Exception:
         namespace, name = object_key(body)
         logger.exception("Reconciling LoRAModel %s/%s failed", namespace, name)
+
+
+async def model_deleted(state: OperatorState, body: Mapping[str, Any]) -> None:
+    """Forget a deleted LoRAModel (its lock, posted warnings and a pending re-check) once a
+    reconcile in flight has finished (under the same lock)."""
+    key = object_key(body)
+    async with state.model_locks.lock(key):
+        pending = state.rechecks.pop(key, None)
+        if pending is not None and not pending.done():
+            pending.cancel()
+        state.forget_model(key)
 
 
 def _schedule_recheck(state: OperatorState, key: ObjectKey, delay: float, logger: Logger) -> None:
@@ -175,18 +219,19 @@ async def sync_catalog(state: OperatorState, body: Mapping[str, Any], logger: Lo
     schedules = state.catalog_schedules
     async with state.catalog_locks.lock(key):
         try:
-            outcome = await sync_adaptercatalog(
-                state.kube,
-                body,
-                state.index_cache,
-                now=_now(),
-                concurrency=state.config.catalog_fetch_concurrency,
-            )
+            with _measured(state, names.ADAPTERCATALOG_KIND, catalog=key):
+                outcome = await sync_adaptercatalog(
+                    state.kube,
+                    body,
+                    state.index_cache,
+                    now=_now(),
+                    concurrency=state.config.catalog_fetch_concurrency,
+                )
         except (LorafleetError, KubeApiError) as err:
             # Only an edit helps an invalid spec; the update handler syncs then.
             retry_after = _sync_interval(body) if isinstance(err, InvalidSpecError) else None
             delay = schedules.failed(key, time.monotonic(), retry_after=retry_after)
-            reason = err.reason if isinstance(err, LorafleetError) else "ApiError"
+            reason = failure_reason(err)
             await _event(state, body, "Warning", reason, err.message)
             logger.warning(
                 "Sync of AdapterCatalog %s/%s failed (%s), retrying in %.0f s: %s",
@@ -197,6 +242,16 @@ async def sync_catalog(state: OperatorState, body: Mapping[str, Any], logger: Lo
             )
             return
         schedules.succeeded(key, time.monotonic(), _sync_interval(body))
+        # Under the lock, which a deletion waits for (catalog_deleted): no series is set
+        # again after its catalog was forgotten.
+        state.metrics.catalog_synced(
+            *key,
+            found=outcome.found,
+            valid=outcome.valid,
+            invalid=outcome.invalid,
+            seconds=outcome.duration_seconds,
+            finished_at=_now().timestamp(),
+        )
     await _report_sync(state, body, outcome, logger)
     if outcome.summary_changed:
         await _refresh_models_using(state, key, logger)
@@ -242,6 +297,14 @@ def sync_requested(state: OperatorState, body: Mapping[str, Any]) -> bool:
     changed = not first and value is not None and value != state.sync_requests[key]
     state.sync_requests[key] = value
     return changed
+
+
+async def catalog_deleted(state: OperatorState, body: Mapping[str, Any]) -> None:
+    """Forget a deleted catalog (its cache, schedule and metric series) once a sync in flight
+    has finished and recorded its figures (under the same lock)."""
+    key = object_key(body)
+    async with state.catalog_locks.lock(key):
+        state.forget_catalog(key)
 
 
 async def catalog_loop(state: OperatorState, logger: Logger) -> None:

@@ -1,6 +1,7 @@
 """What the operator keeps between events, in one typed object: the Kubernetes client, its
-configuration, per-object locks, the catalogs' sync schedules and index cache, and the
-background tasks. kopf carries it as ``memo.state`` (the handlers' only memo attribute)."""
+configuration, per-object locks, the catalogs' sync schedules and index cache, the metrics,
+and the background tasks. kopf carries it as ``memo.state`` (the handlers' only memo
+attribute)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorafleet_operator.k8s.client import KubeClient
+from lorafleet_operator.metrics import OperatorMetrics
 from lorafleet_operator.model.config import OperatorConfig
 from lorafleet_operator.reconcile.adaptercatalog import IndexCache
 from lorafleet_operator.reconcile.scheduling import CatalogSchedules, ObjectKey, ObjectLocks
@@ -22,6 +24,8 @@ class OperatorState:
     # Watched namespaces; empty means every namespace.
     namespaces: tuple[str, ...] = ()
     _kube: KubeClient | None = None
+    # The runner serves its registry when --metrics-address is set.
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     model_locks: ObjectLocks = field(default_factory=ObjectLocks)
     catalog_locks: ObjectLocks = field(default_factory=ObjectLocks)
     catalog_schedules: CatalogSchedules = field(default_factory=CatalogSchedules)
@@ -69,6 +73,8 @@ class OperatorState:
         self.catalog_locks.forget(key)
         self.catalog_schedules.forget(key)
         self.sync_requests.pop(key, None)
+        # Per-catalog series are bounded by the catalogs that exist.
+        self.metrics.forget_catalog(*key)
 
     def forget_model(self, key: ObjectKey) -> None:
         self.model_locks.forget(key)
