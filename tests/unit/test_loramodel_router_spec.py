@@ -221,3 +221,24 @@ def test_a_reconcile_of_a_body_read_before_the_status_write_posts_nothing_twice(
     assert len(unposted_warnings(state, key, outcome)) == 1
     state.forget_model(key)
     assert key not in state.posted_warnings
+
+
+def test_a_deleted_loramodel_is_forgotten_with_its_pending_recheck() -> None:
+    """kopf calls no delete handler without a finalizer; the DELETED event lands here."""
+    import asyncio
+
+    from lorafleet_operator.reconcile.controllers import model_deleted
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        state = OperatorState(config=OperatorConfig())
+        key = ("demo", "qwen")
+        state.posted_warnings[key] = (3, frozenset({"told"}))
+        recheck = asyncio.create_task(asyncio.sleep(60))
+        state.rechecks[key] = recheck
+        body = {"metadata": {"namespace": "demo", "name": "qwen"}}
+        await model_deleted(state, body)
+        await asyncio.sleep(0)
+        return key in state.posted_warnings, key in state.rechecks, recheck.cancelled()
+
+    still_posted, still_scheduled, cancelled = asyncio.run(scenario())
+    assert not still_posted and not still_scheduled and cancelled

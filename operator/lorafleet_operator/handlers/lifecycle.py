@@ -26,6 +26,11 @@ async def configure(
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=names.API_GROUP, key="last-handled-configuration"
     )
+    # No cluster scanning: kopf would list and watch Namespaces and CRDs cluster-wide to follow
+    # added namespaces and CRDs, which the chart's least-privilege RBAC does not grant (and
+    # namespaced mode must not need). The kinds present at start-up are served; KubeRay's CRD
+    # must exist before the operator starts (the chart checks it at install).
+    settings.scanning.disabled = True
     settings.posting.level = 20  # logging.INFO: Normal and Warning events, no debug noise
     # Re-list now and then so a missed watch event cannot leave an object unreconciled.
     settings.watching.server_timeout = 300

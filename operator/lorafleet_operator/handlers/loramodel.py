@@ -10,8 +10,7 @@ from lorafleet_api import names
 from lorafleet_operator.errors import InvalidSpecError
 from lorafleet_operator.handlers.lifecycle import state_of
 from lorafleet_operator.k8s.client import KubeApiError
-from lorafleet_operator.reconcile.controllers import reconcile_model
-from lorafleet_operator.reconcile.scheduling import object_key
+from lorafleet_operator.reconcile.controllers import model_deleted, reconcile_model
 
 LORAMODELS = (names.API_GROUP, names.API_VERSION, names.LORAMODEL_PLURAL)
 
@@ -28,7 +27,10 @@ async def on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
         raise kopf.TemporaryError(err.message, delay=30) from err
 
 
-@kopf.on.delete(*LORAMODELS, optional=True)
-async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    # optional=True: no finalizer. The RayService goes by ownerReference garbage collection.
-    state_of(memo).forget_model(object_key(body))
+@kopf.on.event(*LORAMODELS)
+async def on_event(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """Not ``@kopf.on.delete(optional=True)``: kopf calls no delete handler for an object
+    without its finalizer (https://github.com/nolar/kopf/issues/701), and LoRAModels have none.
+    What they own (RayService, runtime ServiceAccount and RBAC) goes by garbage collection."""
+    if type == "DELETED":
+        await model_deleted(state_of(memo), body)
