@@ -45,7 +45,7 @@ def test_app_version_is_the_operator_version_and_the_default_runtime_image_tag()
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert chart["appVersion"] == version
-    assert DEFAULT_RUNTIME_IMAGE == f"{_values()['runtimeImage']['repository']}:{version}"
+    assert f"{_values()['runtimeImage']['repository']}:{version}" == DEFAULT_RUNTIME_IMAGE
     assert "dependencies" not in chart, "the chart must install without network access"
 
 
