@@ -52,12 +52,21 @@ def _read_documents(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
     help="LoRAModel (and AdapterCatalog) YAML; repeat for several files, - for stdin.",
 )
 @click.option("--image", default=None, help="Runtime image when the LoRAModel names none.")
-def render(files: tuple[Path, ...], image: str | None) -> None:
-    """Print the RayService YAML for LoRAModels, without a cluster (review, GitOps).
+@click.option(
+    "--rbac/--no-rbac",
+    default=True,
+    show_default=True,
+    help="Also print the Ray pods' ServiceAccount, Role and RoleBinding (the RayService's pods "
+    "run as that ServiceAccount unless spec.serviceAccountName names another).",
+)
+def render(files: tuple[Path, ...], image: str | None, rbac: bool) -> None:
+    """Print what the operator applies for LoRAModels, without a cluster (review, GitOps):
+    the runtime ServiceAccount, Role and RoleBinding, then the RayService.
 
     AdapterCatalogs given with -f are used as they are (their status, if any, decides the
-    default maxLoraRank); referenced catalogs not given count as not synced yet."""
-    from lorafleet_operator.builders import dump_manifest, render_rayservice
+    default maxLoraRank and the index ConfigMaps and Secret the Role names); referenced
+    catalogs not given count as not synced yet."""
+    from lorafleet_operator.builders import dump_manifest, render_rayservice, render_runtime_rbac
     from lorafleet_operator.errors import InvalidSpecError
     from lorafleet_operator.model.catalog import CatalogSnapshot
     from lorafleet_operator.model.config import OperatorConfig
@@ -77,6 +86,8 @@ def render(files: tuple[Path, ...], image: str | None) -> None:
             if ((c.get("metadata") or {}).get("namespace") or "default") == namespace
         ]
         try:
+            if rbac:
+                out.extend(dump_manifest(obj) for obj in render_runtime_rbac(model, snapshots))
             out.append(dump_manifest(render_rayservice(model, snapshots, config)))
         except InvalidSpecError as err:
             name = (model.get("metadata") or {}).get("name", "?")

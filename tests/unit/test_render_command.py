@@ -26,10 +26,23 @@ def test_every_example_renders_a_valid_rayservice(rayservice_schema: dict[str, A
     for example in examples:
         result = _render("-f", str(example))
         assert result.exit_code == 0, result.output
-        (rayservice,) = list(yaml.safe_load_all(result.output))
+        *rbac, rayservice = list(yaml.safe_load_all(result.output))
         assert rayservice["kind"] == "RayService"
         jsonschema.validate(rayservice, rayservice_schema)
         assert "ownerReferences" not in rayservice["metadata"]
+        pods = [rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]]
+        pods += [
+            g["template"]["spec"]
+            for g in rayservice["spec"]["rayClusterConfig"].get("workerGroupSpecs", [])
+        ]
+        accounts = {pod["serviceAccountName"] for pod in pods}
+        if rbac:
+            assert [o["kind"] for o in rbac] == ["ServiceAccount", "Role", "RoleBinding"]
+            assert accounts == {rbac[0]["metadata"]["name"]}
+        else:  # spec.serviceAccountName names the user's own
+            assert len(accounts) == 1
+        only = _render("-f", str(example), "--no-rbac")
+        assert [d["kind"] for d in yaml.safe_load_all(only.output)] == ["RayService"]
 
 
 def test_render_is_byte_stable_and_follows_the_image_flag() -> None:
@@ -51,7 +64,8 @@ def test_catalog_status_given_with_f_sets_the_rank_default(tmp_path: Path) -> No
     path.write_text(yaml.safe_dump(catalog))
     result = _render("-f", str(EXAMPLES / "lora-model-minimal.yaml"), "-f", str(path))
     assert result.exit_code == 0, result.output
-    serve = yaml.safe_load(yaml.safe_load(result.output)["spec"]["serveConfigV2"])
+    rayservice = list(yaml.safe_load_all(result.output))[-1]
+    serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     assert serve["applications"][0]["args"]["engine"]["max_lora_rank"] == 64
 
 
