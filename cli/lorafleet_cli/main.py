@@ -77,7 +77,7 @@ def render(files: tuple[Path, ...], image: str | None, rbac: bool) -> None:
         raise click.ClickException("no LoRAModel found in the given files")
     catalogs = [d for d in docs if d.get("kind") == names.ADAPTERCATALOG_KIND]
     config = OperatorConfig(default_image=image) if image else OperatorConfig()
-    out = []
+    out: list[str] = []
     for model in models:
         namespace = (model.get("metadata") or {}).get("namespace") or "default"
         snapshots = [
