@@ -22,6 +22,7 @@ from lorafleet_api.names import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_PART_OF,
+    LORAMODEL_KIND,
 )
 from lorafleet_operator.constants import COMPONENT_LLM_SERVER
 
@@ -68,6 +69,26 @@ def standard_labels(name: str) -> dict[str, str]:
         LABEL_MANAGED_BY: FIELD_MANAGER,
         LABEL_LORAMODEL: name,
     }
+
+
+def loramodel_object_metadata(
+    name: str, loramodel: str, namespace: str, uid: str | None, *, block_owner_deletion: bool
+) -> dict[str, Any]:
+    """Metadata of an object rendered for the LoRAModel ``loramodel``: its labels and, when
+    the LoRAModel came from the API server (it has a ``uid``), the controller reference that
+    garbage-collects the object with it (``lorafleet render`` output has none)."""
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": standard_labels(loramodel),
+    }
+    if uid:
+        metadata["ownerReferences"] = [
+            owner_reference(
+                LORAMODEL_KIND, loramodel, uid, block_owner_deletion=block_owner_deletion
+            )
+        ]
+    return metadata
 
 
 def desired_state_hash(obj: Mapping[str, Any]) -> str:

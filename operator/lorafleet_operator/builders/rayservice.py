@@ -22,11 +22,14 @@ import yaml
 from lorafleet_api.contract import RuntimeArgs
 from lorafleet_api.names import (
     LABEL_LORAMODEL,
-    LORAMODEL_KIND,
     RUNTIME_IMPORT_PATH,
     SERVE_APPLICATION_NAME,
 )
-from lorafleet_operator.builders.manifest import owner_reference, standard_labels, with_spec_hash
+from lorafleet_operator.builders.manifest import (
+    loramodel_object_metadata,
+    standard_labels,
+    with_spec_hash,
+)
 from lorafleet_operator.builders.names import rayservice_name
 from lorafleet_operator.builders.runtime_args import render_runtime_args
 from lorafleet_operator.builders.runtime_rbac import runtime_service_account
@@ -56,15 +59,13 @@ def render_rayservice(
     API server); ``lorafleet render`` output has none. Raises InvalidSpecError."""
     model = LoRAModel.from_object(loramodel)
     runtime_args = render_runtime_args(model, snapshots)
-    metadata: dict[str, Any] = {
-        "name": rayservice_name(model.name),
-        "namespace": model.namespace,
-        "labels": standard_labels(model.name),
-    }
-    if model.uid:
-        metadata["ownerReferences"] = [
-            owner_reference(LORAMODEL_KIND, model.name, model.uid, block_owner_deletion=True)
-        ]
+    metadata = loramodel_object_metadata(
+        rayservice_name(model.name),
+        model.name,
+        model.namespace,
+        model.uid,
+        block_owner_deletion=True,
+    )
     rayservice: dict[str, Any] = {
         "apiVersion": RAY_API_GROUP_VERSION,
         "kind": RAYSERVICE_KIND,

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from lorafleet_api.catalog_index import MAX_SHARDS, manifest_name, shard_name
-from lorafleet_api.names import ADAPTERCATALOG_PLURAL, API_GROUP, LORAMODEL_KIND
-from lorafleet_operator.builders.manifest import owner_reference, standard_labels, with_spec_hash
+from lorafleet_api.names import ADAPTERCATALOG_PLURAL, API_GROUP
+from lorafleet_operator.builders.manifest import loramodel_object_metadata, with_spec_hash
 from lorafleet_operator.builders.names import runtime_rbac_name
 from lorafleet_operator.model.catalog import CatalogSnapshot
 from lorafleet_operator.model.loramodel import LoRAModel
@@ -114,18 +114,15 @@ def runtime_rules(model: LoRAModel, snapshots: Iterable[CatalogSnapshot]) -> lis
 
 
 def _metadata(model: LoRAModel) -> dict[str, Any]:
-    metadata: dict[str, Any] = {
-        "name": runtime_rbac_name(model.name),
-        "namespace": model.namespace,
-        "labels": standard_labels(model.name),
-    }
-    if model.uid:
-        # Garbage-collected with the LoRAModel: the operator never deletes RBAC objects. No
-        # blockOwnerDeletion: nothing needs them once the LoRAModel is gone.
-        metadata["ownerReferences"] = [
-            owner_reference(LORAMODEL_KIND, model.name, model.uid, block_owner_deletion=False)
-        ]
-    return metadata
+    # Garbage-collected with the LoRAModel: the operator never deletes RBAC objects. No
+    # blockOwnerDeletion: nothing needs them once the LoRAModel is gone.
+    return loramodel_object_metadata(
+        runtime_rbac_name(model.name),
+        model.name,
+        model.namespace,
+        model.uid,
+        block_owner_deletion=False,
+    )
 
 
 def _service_account(model: LoRAModel) -> dict[str, Any]:
