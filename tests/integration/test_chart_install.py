@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ import yaml
 
 from lorafleet_api.contract import CatalogRef
 from lorafleet_api.names import LABEL_LORAMODEL
-from lorafleet_testbed import process
 from lorafleet_testbed.adapter_trees import (
     MAX_ADAPTER_SIZE,
     TINY_MODEL_ID,
@@ -36,6 +34,7 @@ from lorafleet_testbed.adapter_trees import (
     upload_s3,
 )
 from lorafleet_testbed.controlplane import KUBERAY_CRD_DIR, ControlPlane
+from lorafleet_testbed.operators import ChartOperator
 from lorafleet_testbed.storage import MinioServer
 from lorafleet_testbed.toolchain import REPO_ROOT, tool
 
@@ -109,47 +108,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
         yield state
 
 
-class ChartOperator:
-    """`lorafleet operator` on this machine with the Deployment's own args, authenticated
-    only by a token of the chart's ServiceAccount."""
-
-    def __init__(self, installed: Installed) -> None:
-        self.installed = installed
-        deployment = get_json(installed.plane, "deployment", f"{RELEASE}-lorafleet", "-n", SYSTEM)
-        spec = deployment["spec"]["template"]["spec"]
-        container = spec["containers"][0]
-        assert container["command"] == ["lorafleet", "operator"]
-        self.health = process.free_port()
-        self.metrics = process.free_port()
-        args = []
-        for arg in container["args"]:
-            if arg.startswith("--liveness="):
-                arg = f"--liveness=http://127.0.0.1:{self.health}/healthz"
-            elif arg.startswith("--metrics-address="):
-                arg = f"--metrics-address=127.0.0.1:{self.metrics}"
-            args.append(arg)
-        self.args = args
-        self.kubeconfig = installed.token_kubeconfig(SYSTEM, spec["serviceAccountName"], "operator")
-        self.proc: process.ManagedProcess | None = None
-
-    def start(self) -> None:
-        self.proc = process.start(
-            "chart-operator",
-            [sys.executable, "-m", "lorafleet_cli.main", "operator", *self.args],
-            self.installed.work,
-            env={"KUBECONFIG": str(self.kubeconfig), "LORAFLEET_DEBOUNCE_SECONDS": "3"},
-        )
-        url = f"http://127.0.0.1:{self.health}/healthz"
-        process.wait_until(self.proc, lambda: process.http_ok(url), timeout=60, what="healthy")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-    def log(self) -> str:
-        return (self.installed.work / "chart-operator.log").read_text(errors="replace")
-
-
 @dataclass
 class Flow:
     installed: Installed
@@ -207,7 +165,13 @@ def flow(
         },
     ]
     plane.kubectl("apply", "-f", "-", input_text="\n---\n".join(json.dumps(o) for o in objects))
-    operator = ChartOperator(installed)
+    operator = ChartOperator.from_deployment(
+        plane,
+        SYSTEM,
+        f"{RELEASE}-lorafleet",
+        installed.work / "operator",
+        env={"LORAFLEET_DEBOUNCE_SECONDS": "3"},
+    )
     operator.start()
     try:
         yield Flow(installed, operator, minio)
@@ -320,7 +284,7 @@ def test_a_full_flow_runs_on_the_charts_service_account_alone(flow: Flow) -> Non
             pod = pod_group["template"]["spec"]
             assert pod["serviceAccountName"] == service_account["metadata"]["name"]
 
-    log = flow.operator.log()
+    log = flow.operator.log_text()
     assert "Forbidden" not in log and " 403" not in log, "the chart's rules were not enough"
     assert flow.minio.secret_key not in log
 

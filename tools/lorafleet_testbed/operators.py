@@ -8,11 +8,16 @@ Services it derives from it."""
 from __future__ import annotations
 
 import abc
+import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lorafleet_testbed import process
 from lorafleet_testbed.toolchain import tool
+
+if TYPE_CHECKING:
+    from lorafleet_testbed.controlplane import ControlPlane
 
 
 class _LocalOperator(abc.ABC):
@@ -124,3 +129,69 @@ class LorafleetOperator(_LocalOperator):
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+class ChartOperator(LorafleetOperator):
+    """``lorafleet operator`` on this machine as the Helm chart's Deployment runs it: the
+    container's own args (its liveness and metrics addresses moved to free loopback ports) and
+    a kubeconfig holding only a token of the Deployment's ServiceAccount, so every API call is
+    authorised by the chart's RBAC, never by admin credentials. The Deployment's pod itself
+    cannot run here (no kubelet); this process stands in for it."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        args: list[str],
+        *,
+        detach: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(kubeconfig, log_dir, detach=detach)
+        self.args = [self._local(arg) for arg in args]
+        self.extra_env = dict(env or {})
+
+    def _local(self, arg: str) -> str:
+        if arg.startswith("--liveness="):
+            return f"--liveness=http://127.0.0.1:{self.port}/healthz"
+        if arg.startswith("--metrics-address="):
+            return f"--metrics-address=127.0.0.1:{self.metrics_port}"
+        return arg
+
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-m", "lorafleet_cli.main", "operator", *self.args]
+
+    def _env(self) -> dict[str, str]:
+        return {**super()._env(), **self.extra_env}
+
+    @classmethod
+    def from_deployment(
+        cls,
+        plane: ControlPlane,
+        namespace: str,
+        deployment: str,
+        log_dir: Path,
+        *,
+        detach: bool = False,
+        env: dict[str, str] | None = None,
+        lifetime_hours: int = 720,
+    ) -> ChartOperator:
+        """Read the Deployment the chart installed and mint a token for its ServiceAccount."""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        obj = json.loads(
+            plane.kubectl("get", "deployment", deployment, "-n", namespace, "-o", "json").stdout
+        )
+        pod = obj["spec"]["template"]["spec"]
+        (container,) = [c for c in pod["containers"] if c["name"] == "operator"]
+        if container.get("command") != ["lorafleet", "operator"]:
+            raise ValueError(f"unexpected operator command {container.get('command')!r}")
+        token = plane.kubectl(
+            "create",
+            "token",
+            pod["serviceAccountName"],
+            "-n",
+            namespace,
+            f"--duration={lifetime_hours}h",
+        ).stdout.strip()
+        kubeconfig = plane.kubeconfig_for_token(token, log_dir / "operator-token.kubeconfig")
+        return cls(kubeconfig, log_dir, list(container.get("args", [])), detach=detach, env=env)
