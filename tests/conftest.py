@@ -13,7 +13,7 @@ from lorafleet_testbed.controlplane import ControlPlane
 from lorafleet_testbed.storage import FakeGcsServer, MinioServer
 
 TESTS = Path(__file__).parent
-LAYERS = ("unit", "integration", "runtime", "gpu")
+LAYERS = ("unit", "integration", "e2e", "runtime", "gpu")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

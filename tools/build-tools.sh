@@ -4,8 +4,8 @@
 # pinned version is skipped, so a second run is a no-op.
 #
 # Usage: tools/build-tools.sh [tool ...]   (default: all)
-#   tools: kubernetes (kube-apiserver, kube-controller-manager, kubectl, etcd), helm, kuberay,
-#          minio, fake-gcs-server
+#   tools: kubernetes (kube-apiserver, kube-controller-manager, kubectl, etcd), kube-scheduler,
+#          helm, kuberay, minio, fake-gcs-server, kwok
 # Environment: LORAFLEET_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/lorafleet)
 set -euo pipefail
 
@@ -32,14 +32,14 @@ link_bins() { # link_bins DIR NAME...
   for name in "$@"; do ln -sfn "$dir/$name" "$bin/$name"; done
 }
 
-build_kubernetes() {
-  local out="$cache/tools/kubernetes-$KUBERNETES_VERSION"
-  if done_stamp "$out"; then link_bins "$out" kube-apiserver kube-controller-manager kubectl etcd; return; fi
-  log "building kube-apiserver, kube-controller-manager, kubectl, etcd $KUBERNETES_VERSION (slow the first time)"
-  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-  local staging_version="v0.${KUBERNETES_VERSION#v1.}"
+# kubernetes_module: print the throwaway module that builds k8s.io/kubernetes commands, making
+# it first when it is missing or half-made. kube-apiserver and kube-scheduler are built from
+# this one module, so they share one dependency graph (and Go's build cache).
+kubernetes_module() {
   local src="$cache/src/kubernetes-$KUBERNETES_VERSION"
-  rm -rf "$src" "$out.tmp"; mkdir -p "$src" "$out.tmp"
+  if [ -f "$src/.module-ready" ]; then echo "$src"; return; fi
+  local staging_version="v0.${KUBERNETES_VERSION#v1.}"
+  rm -rf "$src"; mkdir -p "$src"
   # k8s.io/kubernetes replaces its staging modules (k8s.io/api, ...) with local paths, so it
   # cannot be `go install`ed. A throwaway module requires it and points each staging module at
   # its published version instead. The staging list is read from k8s.io/kubernetes's own go.mod.
@@ -53,6 +53,32 @@ build_kubernetes() {
     grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging' "$modfile" | awk '{print $1}' | while read -r m; do
       go mod edit -replace="$m=$m@$staging_version"
     done
+    touch .module-ready
+  ) >&2
+  echo "$src"
+}
+
+# kubernetes_ldflags: the version stamps k8s.io/kubernetes's own build sets, so every binary
+# reports KUBERNETES_VERSION (kubectl version, the API server's /version).
+kubernetes_ldflags() {
+  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  local ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ldflags"
+}
+
+build_kubernetes() {
+  local out="$cache/tools/kubernetes-$KUBERNETES_VERSION"
+  if done_stamp "$out"; then link_bins "$out" kube-apiserver kube-controller-manager kubectl etcd; return; fi
+  log "building kube-apiserver, kube-controller-manager, kubectl, etcd $KUBERNETES_VERSION (slow the first time)"
+  rm -rf "$cache/src/kubernetes-$KUBERNETES_VERSION" "$out.tmp"; mkdir -p "$out.tmp"
+  local src
+  src=$(kubernetes_module)
+  (
+    cd "$src"
     # etcd comes from the same module graph, so its client and server versions agree.
     cat > etcd.go <<'EOF'
 // Package main builds etcd from the version k8s.io/kubernetes pins.
@@ -71,12 +97,7 @@ EOF
     if [ "$got_etcd" != "$ETCD_VERSION" ]; then
       log "error: k8s.io/kubernetes $KUBERNETES_VERSION pins etcd $got_etcd, versions.env says $ETCD_VERSION"; exit 1
     fi
-    local ldflags="-s -w"
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-      ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-      ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-    done
-    GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "$ldflags" -o "$out.tmp/" \
+    GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "$(kubernetes_ldflags)" -o "$out.tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kubectl
@@ -84,6 +105,25 @@ EOF
   )
   finish "$out"
   link_bins "$out" kube-apiserver kube-controller-manager kubectl etcd
+}
+
+# kube-scheduler has a cache entry of its own (adding it rebuilt nothing above), built from the
+# same throwaway module with the same version stamps. The e2e test bed binds pods to KWOK's
+# fake Node with it.
+build_kube-scheduler() {
+  local out="$cache/tools/kube-scheduler-$KUBERNETES_VERSION"
+  if done_stamp "$out"; then link_bins "$out" kube-scheduler; return; fi
+  log "building kube-scheduler $KUBERNETES_VERSION"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  local src
+  src=$(kubernetes_module)
+  (
+    cd "$src"
+    GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "$(kubernetes_ldflags)" -o "$out.tmp/" \
+      k8s.io/kubernetes/cmd/kube-scheduler
+  )
+  finish "$out"
+  link_bins "$out" kube-scheduler
 }
 
 # go_build NAME MODULE VERSION PKG BINARY [LDFLAGS]: build PKG of MODULE@VERSION into the cache.
@@ -152,8 +192,14 @@ build_fake-gcs-server() {
   local m=github.com/fsouza/fake-gcs-server
   go_build fake-gcs-server "$m" "$FAKE_GCS_SERVER_VERSION" "$m" fake-gcs-server
 }
+# KWOK's go.mod has no replace directives, so requiring it selects its own dependency versions:
+# no `go get` needed (checked: every module of this build has the version that
+# `go get sigs.k8s.io/kwok/cmd/kwok@v0.8.0` selects).
+build_kwok() {
+  go_build kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok kwok
+}
 
-all=(kubernetes helm kuberay minio fake-gcs-server)
+all=(kubernetes kube-scheduler helm kuberay minio fake-gcs-server kwok)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 start=$(date +%s)

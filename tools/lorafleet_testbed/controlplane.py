@@ -1,6 +1,10 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver (TLS, client
 certificates, RBAC, service-account tokens) and kube-controller-manager (garbage collection,
-namespaces, service accounts). No kubelet: pods are accepted but never run."""
+namespaces, service accounts). No kubelet: pods are accepted but never run.
+
+Given a network namespace, every process runs inside it instead (the e2e test bed's private
+cluster network, :mod:`lorafleet_testbed.kuberay_cluster`); health checks and kubectl then run
+there too, so starting it needs no forwarding."""
 
 from __future__ import annotations
 
@@ -10,15 +14,21 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from lorafleet_testbed import process
 from lorafleet_testbed.pki import ClientCert, ClusterPKI, create_pki
 from lorafleet_testbed.toolchain import REPO_ROOT, tool
+
+if TYPE_CHECKING:
+    from lorafleet_testbed.netns import NetworkNamespace
+
+T = TypeVar("T")
 
 KUBERAY_CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay" / "crd"
 LORAFLEET_CRD_DIR = REPO_ROOT / "crds"
@@ -32,30 +42,68 @@ CONTROLLERS = (
     "clusterrole-aggregation-controller",
     "root-ca-certificate-publisher-controller",
 )
+# Services get Endpoints and EndpointSlices from these: KubeRay counts a RayService's serve
+# endpoints from them, and the API server's service proxy resolves a Service through them.
+# Only useful where pods get real IPs (the e2e test bed).
+ENDPOINT_CONTROLLERS = ("endpoints-controller", "endpointslice-controller")
+# The API server's serving certificate names it so (pki.py); a kubeconfig that reaches it at
+# another address (the node IP, from a pod) verifies it under this name.
+API_SERVER_NAME = "kubernetes.default.svc"
 
 
-def _kubeconfig(server: str, ca: Path, user: str, client: ClientCert | None) -> dict[str, object]:
-    credentials = (
-        {"client-certificate": str(client.cert), "client-key": str(client.key)} if client else {}
-    )
+def _kubeconfig(
+    server: str,
+    ca: Path,
+    user: str,
+    credentials: dict[str, str],
+    *,
+    namespace: str = "default",
+    tls_server_name: str | None = None,
+) -> dict[str, object]:
+    cluster = {"server": server, "certificate-authority": str(ca)}
+    if tls_server_name:
+        cluster["tls-server-name"] = tls_server_name
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {
-                "name": "lorafleet-local",
-                "cluster": {"server": server, "certificate-authority": str(ca)},
-            }
-        ],
+        "clusters": [{"name": "lorafleet-local", "cluster": cluster}],
         "users": [{"name": user, "user": credentials}],
         "contexts": [
             {
                 "name": "lorafleet-local",
-                "context": {"cluster": "lorafleet-local", "user": user, "namespace": "default"},
+                "context": {"cluster": "lorafleet-local", "user": user, "namespace": namespace},
             }
         ],
         "current-context": "lorafleet-local",
     }
+
+
+def _client_credentials(client: ClientCert) -> dict[str, str]:
+    return {"client-certificate": str(client.cert), "client-key": str(client.key)}
+
+
+def write_token_kubeconfig(
+    path: Path,
+    server: str,
+    ca: Path,
+    token: str,
+    *,
+    namespace: str = "default",
+    tls_server_name: str | None = None,
+) -> Path:
+    """A kubeconfig that authenticates with a bearer token only (e.g. a ServiceAccount's),
+    so RBAC decisions are made for that identity, not the admin."""
+    config = _kubeconfig(
+        server,
+        ca,
+        "token-user",
+        {"token": token},
+        namespace=namespace,
+        tls_server_name=tls_server_name,
+    )
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
 
 
 @dataclass
@@ -66,14 +114,36 @@ class ControlPlaneState:
     kubeconfig: str
     server: str
     pids: dict[str, int] = field(default_factory=dict)
+    # Paths of the PKI's files (ClusterPKI as JSON), so another process can mint kubeconfigs.
+    pki: dict[str, Any] = field(default_factory=dict)
+
+
+def _pki_record(pki: ClusterPKI) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(json.dumps(asdict(pki), default=str))
+    return record
+
+
+def _pki_from_record(record: dict[str, Any]) -> ClusterPKI:
+    values: dict[str, Any] = {}
+    for item in fields(ClusterPKI):
+        value = record[item.name]
+        values[item.name] = (
+            ClientCert(Path(value["cert"]), Path(value["key"]))
+            if isinstance(value, dict)
+            else Path(value)
+        )
+    return ClusterPKI(**values)
 
 
 class ControlPlane:
     """Start with :meth:`start`; stop with :meth:`stop` (or use it as a context manager)."""
 
-    def __init__(self, data_dir: Path, *, owns_data_dir: bool) -> None:
+    def __init__(
+        self, data_dir: Path, *, owns_data_dir: bool, netns: NetworkNamespace | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.owns_data_dir = owns_data_dir
+        self.netns = netns
         self.processes: list[process.ManagedProcess] = []
         self.kubeconfig = data_dir / "kubeconfig"
         self.server = ""
@@ -88,26 +158,45 @@ class ControlPlane:
         detach: bool = False,
         controller_manager: bool = True,
         crd_dirs: Sequence[Path] = (KUBERAY_CRD_DIR, LORAFLEET_CRD_DIR),
+        extra_controllers: Sequence[str] = (),
+        netns: NetworkNamespace | None = None,
+        bind_address: str = "127.0.0.1",
     ) -> ControlPlane:
+        """``extra_controllers``: more kube-controller-manager controllers (e.g.
+        :data:`ENDPOINT_CONTROLLERS`). ``netns``: run everything inside that network
+        namespace. ``bind_address``: where the API server listens (``0.0.0.0`` inside a
+        private namespace, so pods there reach it at the node IP)."""
         owns = data_dir is None
         directory = Path(tempfile.mkdtemp(prefix="lorafleet-cp-")) if data_dir is None else data_dir
         directory.mkdir(parents=True, exist_ok=True)
-        plane = cls(directory, owns_data_dir=owns)
+        plane = cls(directory, owns_data_dir=owns, netns=netns)
         try:
-            plane._start(detach=detach, controller_manager=controller_manager)
+            plane._start(
+                detach=detach,
+                controller_manager=controller_manager,
+                controllers=(*CONTROLLERS, *extra_controllers),
+                bind_address=bind_address,
+            )
             plane.install_crds(crd_dirs)
         except BaseException:
             plane.stop()
             raise
         return plane
 
-    def _start(self, *, detach: bool, controller_manager: bool) -> None:
+    def _start(
+        self,
+        *,
+        detach: bool,
+        controller_manager: bool,
+        controllers: Sequence[str],
+        bind_address: str,
+    ) -> None:
         logs = self.data_dir / "logs"
         self.pki = pki = create_pki(self.data_dir / "pki")
         etcd_port, etcd_peer_port, api_port = (process.free_port() for _ in range(3))
         etcd_url = f"http://127.0.0.1:{etcd_port}"
 
-        etcd = process.start(
+        etcd = self._launch(
             "etcd",
             [
                 str(tool("etcd")),
@@ -128,16 +217,19 @@ class ControlPlane:
         )
         self.processes.append(etcd)
         process.wait_until(
-            etcd, lambda: process.http_ok(f"{etcd_url}/health"), timeout=30, what="healthy"
+            etcd,
+            lambda: self.inside(lambda: process.http_ok(f"{etcd_url}/health")),
+            timeout=30,
+            what="healthy",
         )
 
         self.server = f"https://127.0.0.1:{api_port}"
-        apiserver = process.start(
+        apiserver = self._launch(
             "kube-apiserver",
             [
                 str(tool("kube-apiserver")),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
+                f"--bind-address={bind_address}",
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={api_port}",
                 f"--cert-dir={self.data_dir / 'apiserver-certs'}",
@@ -162,12 +254,18 @@ class ControlPlane:
         ctx = self._ssl_context()
         process.wait_until(
             apiserver,
-            lambda: process.http_ok(f"{self.server}/readyz", ssl_context=ctx, expect_body=b"ok"),
+            lambda: self.inside(
+                lambda: process.http_ok(f"{self.server}/readyz", ssl_context=ctx, expect_body=b"ok")
+            ),
             timeout=90,
             what="ready (/readyz)",
         )
         self.kubeconfig.write_text(
-            yaml.safe_dump(_kubeconfig(self.server, pki.ca_cert, "lorafleet-admin", pki.admin))
+            yaml.safe_dump(
+                _kubeconfig(
+                    self.server, pki.ca_cert, "lorafleet-admin", _client_credentials(pki.admin)
+                )
+            )
         )
 
         if controller_manager:
@@ -178,11 +276,11 @@ class ControlPlane:
                         self.server,
                         pki.ca_cert,
                         "system:kube-controller-manager",
-                        pki.controller_manager,
+                        _client_credentials(pki.controller_manager),
                     )
                 )
             )
-            kcm = process.start(
+            kcm = self._launch(
                 "kube-controller-manager",
                 [
                     str(tool("kube-controller-manager")),
@@ -192,7 +290,7 @@ class ControlPlane:
                     "--use-service-account-credentials=true",
                     f"--service-account-private-key-file={pki.sa_private_key}",
                     f"--root-ca-file={pki.ca_cert}",
-                    f"--controllers={','.join(CONTROLLERS)}",
+                    f"--controllers={','.join(controllers)}",
                     "--concurrent-gc-syncs=5",
                 ],
                 logs,
@@ -208,6 +306,18 @@ class ControlPlane:
                 timeout=60,
                 what="managing service accounts",
             )
+
+    def _inside(self, argv: list[str]) -> list[str]:
+        return self.netns.argv(argv) if self.netns else argv
+
+    def _launch(
+        self, name: str, argv: list[str], logs: Path, *, detach: bool
+    ) -> process.ManagedProcess:
+        return process.start(name, self._inside(argv), logs, detach=detach)
+
+    def inside(self, check: Callable[[], T]) -> T:
+        """Run ``check`` where the control plane's loopback addresses are (its namespace)."""
+        return self.netns.call(check) if self.netns else check()
 
     def _ssl_context(self) -> ssl.SSLContext:
         assert self.pki is not None
@@ -235,7 +345,20 @@ class ControlPlane:
             kubeconfig=str(self.kubeconfig),
             server=self.server,
             pids={p.name: p.pid for p in self.processes},
+            pki=_pki_record(self.pki) if self.pki else {},
         )
+
+    @classmethod
+    def attach(
+        cls, state: ControlPlaneState, *, netns: NetworkNamespace | None = None
+    ) -> ControlPlane:
+        """A handle on a control plane another process started (detached): kubectl and
+        kubeconfigs work; its processes are not this handle's to stop."""
+        plane = cls(Path(state.data_dir), owns_data_dir=False, netns=netns)
+        plane.kubeconfig = Path(state.kubeconfig)
+        plane.server = state.server
+        plane.pki = _pki_from_record(state.pki) if state.pki else None
+        return plane
 
     # ------------------------------------------------------------------ helpers
     def kubectl(
@@ -243,7 +366,7 @@ class ControlPlane:
     ) -> subprocess.CompletedProcess[str]:
         """Run the pinned kubectl against this control plane."""
         result = subprocess.run(
-            [str(tool("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
+            self._inside([str(tool("kubectl")), f"--kubeconfig={self.kubeconfig}", *args]),
             capture_output=True,
             text=True,
             input=input_text,
@@ -260,11 +383,7 @@ class ControlPlane:
         """A kubeconfig that authenticates with a bearer token only (e.g. a ServiceAccount's),
         so RBAC decisions are made for that identity, not the admin."""
         assert self.pki is not None
-        config = _kubeconfig(self.server, self.pki.ca_cert, "token-user", None)
-        config["users"] = [{"name": "token-user", "user": {"token": token}}]
-        path.write_text(yaml.safe_dump(config))
-        path.chmod(0o600)
-        return path
+        return write_token_kubeconfig(path, self.server, self.pki.ca_cert, token)
 
     def install_crds(self, directories: Iterable[Path]) -> list[str]:
         """Server-side apply every CRD found (KubeRay's are ~1 MB: too big for the

@@ -41,6 +41,16 @@ class _LocalOperator(abc.ABC):
     def _health_url(self) -> str:
         """A URL that answers 2xx once the server is ready."""
 
+    def command(self) -> list[str]:
+        """The command line, for a caller that starts it elsewhere (in a network namespace)."""
+        return self._argv()
+
+    def environment(self) -> dict[str, str]:
+        return self._env()
+
+    def health_url(self) -> str:
+        return self._health_url()
+
     def start(self) -> None:
         self.proc = process.start(
             self.name, self._argv(), self.log_dir, env=self._env(), detach=self.detach
