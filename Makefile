@@ -53,8 +53,12 @@ cluster-down: venv ## Stop the local control plane and delete its data
 	$(PY) -m lorafleet_testbed down
 
 .PHONY: demo
-demo: venv tools ## Main job on the local default: control plane, KubeRay, lorafleet operator, example LoRAModel
+demo: venv runtime-cpu tools ## Main job: helm install, kubectl apply examples/demo, real KubeRay Serve hop, OpenAI calls
 	$(PY) -m lorafleet_testbed demo
+
+.PHONY: demo-down
+demo-down: venv ## Stop everything make demo started
+	$(PY) -m lorafleet_testbed demo-down
 
 # The example names Qwen2.5-0.5B and an S3 bucket; locally a tiny generated model and a folder
 # of adapters stand in (LORAFLEET_MODEL_SOURCE replaces spec.baseModel.source).
@@ -79,6 +83,21 @@ images: ## Build the operator and runtime images with Docker (REGISTRY=..., tag 
 	@command -v $(DOCKER) >/dev/null || { echo "make images needs $(DOCKER) (a Docker engine); none here"; exit 1; }
 	$(DOCKER) build -f operator/Dockerfile -t $(REGISTRY)/operator:$(VERSION) .
 	$(DOCKER) build -f runtime/Dockerfile -t $(REGISTRY)/runtime:$(VERSION) .
+	$(DOCKER) build -f runtime/Dockerfile.cpu -t $(REGISTRY)/runtime:$(VERSION)-cpu .
+
+# The CPU demo in real pods, for machines with Docker and kind (never run on the development
+# machines, which have neither: untested here). See tools/kind/demo.sh.
+.PHONY: kind-up
+kind-up: ## Create a kind cluster with KubeRay and lorafleet installed by Helm (needs Docker, kind, helm, kubectl)
+	bash tools/kind/demo.sh up
+
+.PHONY: kind-demo
+kind-demo: ## kind-up, then the CPU demo in real pods: catalog, LoRAModel, OpenAI calls
+	bash tools/kind/demo.sh demo
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	bash tools/kind/demo.sh down
 
 .PHONY: helm-lint
 helm-lint: tools ## helm lint and helm template the chart with each of its ci/ values files

@@ -23,8 +23,8 @@ SERVE_APPS = Path(__file__).parent / "serve_apps"
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[KubeRayCluster]:
+def require_namespaces() -> None:
+    """Skip (saying why) where network namespaces cannot be made or a tool is missing."""
     if os.geteuid() != 0:
         pytest.skip("needs root: it makes network namespaces")
     if not all(shutil.which(t) for t in ("ip", "nsenter", "unshare", "setpriv")):
@@ -34,6 +34,11 @@ def cluster() -> Iterator[KubeRayCluster]:
             tool(name)
     except ToolMissingError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[KubeRayCluster]:
+    require_namespaces()
     with KubeRayCluster.start(
         crd_dirs=(KUBERAY_CRD_DIR,), pod_env={"PYTHONPATH": str(SERVE_APPS)}
     ) as started:

@@ -21,7 +21,7 @@ def _render(*args: str, stdin: str | None = None) -> Any:
 
 
 def test_every_example_renders_a_valid_rayservice(rayservice_schema: dict[str, Any]) -> None:
-    examples = sorted(EXAMPLES.glob("lora-model*.yaml"))
+    examples = sorted(EXAMPLES.rglob("lora-model*.yaml"))
     assert examples
     for example in examples:
         result = _render("-f", str(example))

@@ -1,23 +1,17 @@
-"""``python -m lorafleet_testbed up|down|status|demo|tiny-model``: the local control plane
-for people (``make cluster-up`` / ``make cluster-down`` / ``make demo``) and the tiny model
+"""``python -m lorafleet_testbed up|down|status|demo|demo-down|demo-upload|tiny-model``: the
+local control plane for people (``make cluster-up`` / ``make cluster-down``), the demo
+(``make demo`` / ``make demo-down``, :mod:`lorafleet_testbed.demo`) and the tiny model
 ``make serve`` stands in for the example's model. Tests use the same classes."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from lorafleet_testbed import controlplane, process
-from lorafleet_testbed.operators import KubeRayOperator, LorafleetOperator
-from lorafleet_testbed.toolchain import REPO_ROOT, ToolMissingError, cache_dir
-
-DEMO_NAMESPACE = "lorafleet-demo"
-DEMO_MODEL = REPO_ROOT / "examples" / "lora-model.yaml"
+from lorafleet_testbed.toolchain import ToolMissingError, cache_dir
 
 
 def _state_file() -> Path:
@@ -70,55 +64,22 @@ def cmd_status(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Control plane + KubeRay + lorafleet operators, then the example LoRAModel applied."""
-    if cmd_up(args) != 0:
-        return 1
-    state = controlplane.load_state(_state_file())
-    assert state is not None
-    kubeconfig, logs = Path(state.kubeconfig), Path(state.data_dir) / "logs"
-    for operator_cls in (KubeRayOperator, LorafleetOperator):
-        pid = state.pids.get(operator_cls.name)
-        if pid is None or not process.pid_alive(pid):
-            operator = operator_cls(kubeconfig, logs, detach=True)
-            operator.start()
-            assert operator.proc is not None
-            state.pids[operator_cls.name] = operator.proc.pid
-            print(f"Started {operator_cls.name} (log {operator.log_path})")
-    controlplane.save_state(state, _state_file())
+def cmd_demo(_: argparse.Namespace) -> int:
+    from lorafleet_testbed import demo
 
-    plane = controlplane.ControlPlane(Path(state.data_dir), owns_data_dir=False)
-    plane.kubeconfig = kubeconfig
-    if plane.kubectl("get", "namespace", DEMO_NAMESPACE, check=False).returncode != 0:
-        plane.kubectl("create", "namespace", DEMO_NAMESPACE)
-    print(f"+ kubectl apply -n {DEMO_NAMESPACE} -f {DEMO_MODEL.relative_to(REPO_ROOT)}")
-    print(plane.kubectl("apply", "-n", DEMO_NAMESPACE, "-f", str(DEMO_MODEL)).stdout.strip())
+    return demo.up()
 
-    def pods() -> list[dict[str, Any]]:
-        out = plane.kubectl("get", "pods", "-n", DEMO_NAMESPACE, "-o", "json").stdout
-        items: list[dict[str, Any]] = json.loads(out)["items"]
-        return items
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(pods()) < 2:
-        time.sleep(1)
-    for what in ("loramodels", "rayservices", "rayclusters", "pods,services"):
-        print(f"+ kubectl get {what} -n {DEMO_NAMESPACE}")
-        print(plane.kubectl("get", what, "-n", DEMO_NAMESPACE).stdout.rstrip())
-    model = json.loads(
-        plane.kubectl("get", "loramodel", "qwen", "-n", DEMO_NAMESPACE, "-o", "json").stdout
-    )
-    print("LoRAModel conditions:")
-    for cond in model.get("status", {}).get("conditions", []):
-        print(f"  {cond['type']}={cond['status']} ({cond['reason']}): {cond['message']}")
-    print(
-        "\nWhat happened: the lorafleet operator rendered the LoRAModel into a RayService, and\n"
-        "the real KubeRay operator turned that into a RayCluster with head and worker pods.\n"
-        "The pods stay Pending: this local control plane has no kubelet and no GPU. The\n"
-        "catalog named by the example does not exist here, which the status says.\n"
-        f"Everything keeps running: KUBECONFIG={kubeconfig}; stop it with: make cluster-down"
-    )
-    return 0
+def cmd_demo_down(_: argparse.Namespace) -> int:
+    from lorafleet_testbed import demo
+
+    return demo.down()
+
+
+def cmd_demo_upload(args: argparse.Namespace) -> int:
+    from lorafleet_testbed import demo
+
+    return demo.upload(args.adapter)
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -135,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start etcd + kube-apiserver + kube-controller-manager")
     sub.add_parser("down", help="stop them and delete their data")
     sub.add_parser("status", help="say whether one is running")
-    sub.add_parser("demo", help="up + KubeRay and lorafleet operators + the example LoRAModel")
+    sub.add_parser(
+        "demo", help="helm install, kubectl apply examples/demo, KubeRay Serve hop, OpenAI calls"
+    )
+    sub.add_parser("demo-down", help="stop everything make demo started")
+    upload = sub.add_parser("demo-upload", help="publish one of the demo's adapters to its bucket")
+    upload.add_argument("adapter")
     tiny = sub.add_parser(
         "tiny-model", help="a tiny model, adapters and a local AdapterCatalog for `make serve`"
     )
@@ -146,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "down": cmd_down,
         "status": cmd_status,
         "demo": cmd_demo,
+        "demo-down": cmd_demo_down,
+        "demo-upload": cmd_demo_upload,
         "tiny-model": cmd_tiny_model,
     }[args.command]
     try:
