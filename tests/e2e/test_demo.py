@@ -164,3 +164,33 @@ def test_an_adapter_published_to_the_bucket_is_served_without_a_rayservice_write
         before["generation"],
         before["resourceVersion"],
     )
+
+
+def test_the_router_policy_of_the_loramodel_is_in_effect(demo: Demo) -> None:
+    """What Ray Serve itself runs, asked from its dashboard on the head (through the API
+    server's service proxy, as KubeRay reaches it): the LLM deployment routes with lorafleet's
+    router and the LoRAModel's policy."""
+    model = demo.kubectl("get", "loramodel", "tiny", "-n", "lorafleet-demo")
+    assert model["spec"]["router"]["policy"] == "lorafleet"
+    kubeconfig = demo.state["cluster"]["kubeconfig"]
+    raw = subprocess.run(
+        [
+            str(tool("kubectl")),
+            f"--kubeconfig={kubeconfig}",
+            "get",
+            "--raw",
+            "/api/v1/namespaces/lorafleet-demo/services/tiny-head-svc:dashboard/proxy"
+            "/api/serve/applications/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    deployments = json.loads(raw)["applications"]["lorafleet"]["deployments"]
+    (server,) = [d for name, d in deployments.items() if name.startswith("LoraFleetServer")]
+    router = server["deployment_config"]["request_router_config"]
+    assert router["request_router_class"] == (
+        "lorafleet_runtime.router.serve:LoraFleetRequestRouter"
+    )
+    assert router["request_router_kwargs"]["policy"] == "lorafleet"
