@@ -26,6 +26,10 @@ SUPPORTED_MAX_LORA_RANKS: Final[tuple[MaxLoraRank, ...]] = get_args(MaxLoraRank)
 # vLLM's ``ModelDType`` (vllm/config/model.py).
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 
+# vllm: Ray Serve LLM's LLMServer on vLLM; peft: transformers + PEFT with mixed-adapter batches.
+EngineKind = Literal["vllm", "peft"]
+ENGINE_KINDS: Final[tuple[EngineKind, ...]] = get_args(EngineKind)
+
 # lorafleet: lorafleet's placement (the default); affinity: the seed's algorithm (holder, else a
 # less busy replica, else power of two choices); ray: Ray Serve's own router.
 RouterPolicy = Literal["lorafleet", "affinity", "ray"]
@@ -75,8 +79,15 @@ class CatalogRef(_Frozen):
 
 
 class EngineArgs(_Frozen):
-    """vLLM engine settings that the runtime passes on (plus LoRA serving settings)."""
+    """Engine settings that the runtime passes on (plus LoRA serving settings)."""
 
+    kind: EngineKind | None = Field(
+        default=None,
+        description=(
+            "The engine; None means vllm. Written only for peft, so the serveConfigV2 of "
+            "existing vLLM models is unchanged by this field (a change there redeploys)."
+        ),
+    )
     max_loras: int = Field(
         ge=1,
         description=(
@@ -91,6 +102,10 @@ class EngineArgs(_Frozen):
     dtype: Dtype = "auto"
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     extra_engine_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @property
+    def engine_kind(self) -> EngineKind:
+        return self.kind or "vllm"
 
     @model_validator(mode="after")
     def _check_consistency(self) -> EngineArgs:

@@ -120,6 +120,26 @@ CASES: list[tuple[str, Mutation, str]] = [
         "lorafleet only (affinity and ray ignore it): remove it or set policy: lorafleet",
     ),
     ("catalog without a name", _spec("catalogs", [{}]), "spec.catalogs[0].name: Required value"),
+    (
+        "unknown engine",
+        _spec("engine", {"kind": "tgi"}),
+        'spec.engine.kind: Unsupported value: "tgi": supported values: "vllm", "peft"',
+    ),
+    (
+        "vLLM arguments for the peft engine",
+        _spec("engine", {"kind": "peft", "extraArgs": {"enforce_eager": True}}),
+        "engine.extraArgs are vLLM engine arguments; remove them for engine.kind peft",
+    ),
+    (
+        "vLLM memory settings for the peft engine",
+        _spec("engine", {"kind": "peft", "gpuMemoryUtilization": 0.5}),
+        "engine.maxCpuLoras and engine.gpuMemoryUtilization are vLLM settings",
+    ),
+    (
+        "tensor parallelism for the peft engine",
+        _spec("engine", {"kind": "peft", "tensorParallelSize": 2}),
+        "engine.kind peft runs each replica on one device: engine.tensorParallelSize must be 1",
+    ),
 ]
 
 

@@ -445,7 +445,12 @@ def test_api_server_defaults_do_not_change_the_rendering(
         stored = apply_schema_defaults(copy.deepcopy(obj), loramodel_schema)
         assert render_rayservice(stored, snapshots, CONFIG) == render(case), case
     minimal = apply_schema_defaults(copy.deepcopy(CASES["minimal"][0]), loramodel_schema)
-    assert minimal["spec"]["engine"] == {"maxLoras": 4, "tensorParallelSize": 1, "dtype": "auto"}
+    assert minimal["spec"]["engine"] == {
+        "kind": "vllm",
+        "maxLoras": 4,
+        "tensorParallelSize": 1,
+        "dtype": "auto",
+    }
 
 
 # The catalog starts with adapters of rank 8 and 16: vLLM's rank bucket 16.
@@ -496,6 +501,19 @@ def test_a_larger_rank_bucket_updates_serve_config_in_place_only() -> None:
         after["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
         != before["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     )
+
+
+def test_the_engine_kind_reaches_the_runtime_only_when_it_is_not_the_default() -> None:
+    # vLLM models render as before the field existed: an operator upgrade redeploys nothing.
+    obj = copy.deepcopy(CASES["minimal"][0])
+    assert "kind" not in serve_args(render_rayservice(obj, [], CONFIG))["engine"]
+    obj["spec"]["engine"] = {"kind": "vllm"}
+    assert render_rayservice(obj, [], CONFIG) == render("minimal")
+    obj["spec"]["engine"] = {"kind": "peft"}
+    peft = render_rayservice(obj, [], CONFIG)
+    assert serve_args(peft)["engine"]["kind"] == "peft"
+    assert RuntimeArgs.from_serve_args(serve_args(peft)).engine.engine_kind == "peft"
+    assert peft["spec"]["rayClusterConfig"] == render("minimal")["spec"]["rayClusterConfig"]
 
 
 def test_a_spec_edit_changes_the_hash_annotation() -> None:
@@ -552,6 +570,9 @@ INVALID_SPECS: dict[str, dict[str, Any]] = {
             }
         ]
     },
+    "vllm arguments for peft": {"engine": {"kind": "peft", "extraArgs": {"enforce_eager": True}}},
+    "vllm cache for peft": {"engine": {"kind": "peft", "maxCpuLoras": 8}},
+    "tensor parallel peft": {"engine": {"kind": "peft", "tensorParallelSize": 2}},
     "toleration Exists with value": {
         "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]
     },

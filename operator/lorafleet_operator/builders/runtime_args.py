@@ -33,6 +33,8 @@ def render_runtime_args(model: LoRAModel, snapshots: Iterable[CatalogSnapshot]) 
             for name in sorted(catalog.name for catalog in spec.catalogs)
         ),
         engine=EngineArgs(
+            # Written only when not the default, so vLLM models' serveConfigV2 is unchanged.
+            kind=None if engine.kind == "vllm" else engine.kind,
             max_loras=engine.max_loras,
             max_lora_rank=effective_max_lora_rank(spec, snapshots),
             max_cpu_loras=engine.max_cpu_loras,

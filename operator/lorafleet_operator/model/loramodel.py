@@ -28,6 +28,7 @@ from lorafleet_api.contract import (
     DEPRECATED_ROUTER_POLICIES,
     ROUTER_POLICIES,
     Dtype,
+    EngineKind,
     MaxLoraRank,
     RouterPolicy,
     conflicting_engine_kwargs,
@@ -131,6 +132,7 @@ class CatalogReference(_Spec):
 
 
 class EngineSpec(_Spec):
+    kind: EngineKind = "vllm"
     max_loras: int = Field(default=4, ge=1)
     max_lora_rank: MaxLoraRank | None = None
     max_cpu_loras: int | None = Field(default=None, ge=1)
@@ -150,6 +152,22 @@ class EngineSpec(_Spec):
                 f"engine.extraArgs may not set {', '.join(managed)}: "
                 "use the typed engine fields instead"
             )
+        if self.kind == "peft":
+            # The CRD's CEL messages, word for word (`lorafleet render` reads files unchecked).
+            if "extra_args" in self.model_fields_set:
+                raise ValueError(
+                    "engine.extraArgs are vLLM engine arguments; remove them for engine.kind peft"
+                )
+            if self.max_cpu_loras is not None or self.gpu_memory_utilization is not None:
+                raise ValueError(
+                    "engine.maxCpuLoras and engine.gpuMemoryUtilization are vLLM settings; "
+                    "remove them for engine.kind peft"
+                )
+            if self.tensor_parallel_size != 1:
+                raise ValueError(
+                    "engine.kind peft runs each replica on one device: "
+                    "engine.tensorParallelSize must be 1"
+                )
         return self
 
 
