@@ -253,6 +253,55 @@ def test_long_serve_messages_are_bounded() -> None:
     assert condition(status, "Degraded")["message"].endswith("...")
 
 
+# What Ray 2.60 wrote for a base model source holding no model (the traceback shortened).
+REPLICA_TRACEBACK = (
+    "The deployment failed to start 3 times in a row. This may be due to a problem with its "
+    "constructor or initial health check failing. See controller logs for details. Error:\n"
+    "\x1b[36mray::ServeReplica:lorafleet:LoraFleetServer:broken.initialize_and_get_metadata()"
+    "\x1b[39m (pid=392, ip=10.244.0.4, actor_id=68c0261)\n"
+    + '  File "/usr/lib/python3.11/concurrent/futures/_base.py", line 449, in result\n'
+    "    return self.__get_result()\n"
+    "           ^^^^^^^^^^^^^^^^^^^\n"
+    * 40
+    + '  File "ray/llm/_internal/serve/engines/vllm/vllm_engine.py", line 222\n'
+    '    raise RuntimeError(f"Failed to create vLLM engine config: {e}") from None\n'
+    "RuntimeError: Failed to create vLLM engine config: 1 validation error for ModelConfig\n"
+    "  Value error, Invalid repository ID or local directory specified: '/models/broken'.\n"
+    "Please verify the following requirements:\n"
+    "1. Provide a valid Hugging Face repository ID.\n"
+)
+
+
+def test_a_replica_traceback_is_reported_by_its_error_not_its_first_frames() -> None:
+    rayservice = serving_rayservice()
+    set_app(rayservice, "DEPLOY_FAILED", "Failed to update the deployments.")
+    app = rayservice["status"]["activeServiceStatus"]["applicationStatuses"]["lorafleet"]
+    app["serveDeploymentStatuses"] = {
+        "LoraFleetServer:qwen": {"status": "DEPLOY_FAILED", "message": REPLICA_TRACEBACK}
+    }
+    assert len(REPLICA_TRACEBACK) > 2 * 1024
+    degraded = condition(status_of(rayservice=rayservice), "Degraded")
+    message = degraded["message"]
+    assert "deployment lorafleet/LoraFleetServer:qwen is DEPLOY_FAILED: The deployment failed" in (
+        message
+    )
+    assert (
+        "Error: RuntimeError: Failed to create vLLM engine config: 1 validation error for "
+        "ModelConfig\n  Value error, Invalid repository ID or local directory specified: "
+        "'/models/broken'." in message
+    )
+    assert "\x1b" not in message and "File " not in message
+
+
+def test_a_message_without_a_traceback_is_kept_as_written() -> None:
+    rayservice = serving_rayservice()
+    set_app(rayservice, "DEPLOY_FAILED", "ValueError: bad config\nsecond line")
+    degraded = condition(status_of(rayservice=rayservice), "Degraded")
+    assert degraded["message"].endswith(
+        "application lorafleet is DEPLOY_FAILED: ValueError: bad config\nsecond line"
+    )
+
+
 def test_kuberay_validation_failure_is_degraded_with_its_message() -> None:
     rayservice = serving_rayservice()
     ready = rayservice["status"]["conditions"][0]

@@ -6,6 +6,7 @@ applications that failed to deploy on a new cluster. So the signals are read one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,35 @@ FAILED_STATUSES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
 RUNNING = "RUNNING"
 # The RayService Ready reason KubeRay sets when it refuses the spec.
 KUBERAY_VALIDATION_FAILED = "ValidationFailed"
+# Ray colours the actor line of a replica's traceback.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Where a Python traceback starts, as Ray writes one into a Serve status message.
+_TRACEBACK_START = re.compile(r"(Traceback \(most recent call last\)|ray::|\s+File \")")
+# The exception line ending a traceback: a (dotted) class name at column 0, then a colon.
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(: |:$|$)")
+
+
+def summarize_serve_message(message: str) -> str:
+    """A Serve status message a person can act on within a condition's 1,024 characters.
+
+    A replica that fails to start puts its whole traceback into the message (4 KB and more,
+    ANSI-coloured): cut at the condition's limit, only the first frames would remain and
+    never the error. Keep the sentence before the traceback and the exception it ends with."""
+    text = _ANSI_ESCAPE.sub("", message).strip()
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if _TRACEBACK_START.match(line)), None)
+    if start is None:
+        return text
+    ends = [
+        i
+        for i in range(start + 1, len(lines))
+        if not lines[i][:1].isspace() and _EXCEPTION_LINE.match(lines[i])
+    ]
+    if not ends:
+        return text
+    head = " ".join(line.strip() for line in lines[:start] if line.strip())
+    tail = "\n".join(lines[ends[-1] :]).strip()
+    return f"{head} {tail}" if head else tail
 
 
 @dataclass(frozen=True)
@@ -131,7 +161,7 @@ def _collect_messages(
     for app in sorted(apps):
         app_status = apps[app] or {}
         status = str(app_status.get("status") or "")
-        message = str(app_status.get("message") or "").strip()
+        message = summarize_serve_message(str(app_status.get("message") or ""))
         app_failed = status in FAILED_STATUSES
         lines: list[tuple[bool, str]] = []
         if status != RUNNING and message:
@@ -140,7 +170,7 @@ def _collect_messages(
         for deployment in sorted(deployments):
             deployment_status = deployments[deployment] or {}
             d_status = str(deployment_status.get("status") or "")
-            d_message = str(deployment_status.get("message") or "").strip()
+            d_message = summarize_serve_message(str(deployment_status.get("message") or ""))
             # Serve often repeats the deployment's message in the application's.
             if d_status == "HEALTHY" or not d_message or d_message in message:
                 continue
