@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 STAGES_FILE: Final = Path(__file__).with_name("kwok-stages.yaml")
 NODE_NAME: Final = "lorafleet-node-0"
-DEFAULT_CAPACITY: Final = {"cpu": "16", "memory": "64Gi", "pods": "110"}
+DEFAULT_CAPACITY: Final = {"cpu": "64", "memory": "256Gi", "pods": "110"}
 # Set on every new Node by the TaintNodesByCondition admission plugin; only the node lifecycle
 # controller (not run here: it would evict pods of a node without a real kubelet) lifts it.
 NOT_READY_TAINT: Final = "node.kubernetes.io/not-ready"
