@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lorafleet_testbed import netns, process
+from lorafleet_testbed.demo import EXAMPLES
 from lorafleet_testbed.toolchain import tool
 
-from .conftest import require_namespaces
+from .conftest import eventually, require_namespaces
 
 
 @dataclass
@@ -54,6 +56,20 @@ class Demo:
             check=True,
         ).stdout
         return json.loads(out)
+
+    def kubectl_ok(self, *args: str, input_text: str | None = None) -> None:
+        kubeconfig = self.state["cluster"]["kubeconfig"]
+        subprocess.run(
+            [str(tool("kubectl")), f"--kubeconfig={kubeconfig}", *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.kubectl_ok("apply", "-f", "-", input_text=json.dumps(manifest))
 
     @property
     def base_url(self) -> str:
@@ -172,6 +188,82 @@ def test_the_router_policy_of_the_loramodel_is_in_effect(demo: Demo) -> None:
     router and the LoRAModel's policy."""
     model = demo.kubectl("get", "loramodel", "tiny", "-n", "lorafleet-demo")
     assert model["spec"]["router"]["policy"] == "lorafleet"
+    server = _llm_deployment(demo)
+    router = server["deployment_config"]["request_router_config"]
+    assert router["request_router_class"] == (
+        "lorafleet_runtime.router.serve:LoraFleetRequestRouter"
+    )
+    assert router["request_router_kwargs"]["policy"] == "lorafleet"
+
+
+def _completion(base_url: str, model: str) -> str:
+    """The greedy text of one completion: the same weights always give the same text."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="unused", max_retries=1, timeout=120)
+    reply = client.completions.create(
+        model=model, prompt="How do I reset my password?", max_tokens=12, temperature=0, seed=1
+    )
+    return reply.choices[0].text
+
+
+def _revision(base_url: str, model: str) -> str | None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+    for card in client.models.list().data:
+        if card.id == model:
+            return str(getattr(card, "revision", "") or "-")
+    return None
+
+
+def test_a_new_revision_of_an_adapter_serves_its_new_weights(demo: Demo) -> None:
+    """A user overwrites an adapter's files in the bucket: the runtime serves the new weights
+    (no restart, no RayService write). The adapter `revised` is first published with
+    support-v1's weights, then with billing's: its greedy answers follow, exactly."""
+    url = demo.base_url
+    support, billing = _completion(url, "tiny:support-v1"), _completion(url, "tiny:billing")
+    assert support != billing
+    before = demo.kubectl("get", "rayservice", "tiny", "-n", "lorafleet-demo")["metadata"]
+    try:
+        assert demo.run("demo-upload", "support-v1", "--as", "revised").returncode == 0
+        first = eventually(
+            lambda: _revision(url, "tiny:revised"), what="tiny:revised to be listed", timeout=120
+        )
+        assert _completion(url, "tiny:revised") == support
+
+        assert demo.run("demo-upload", "billing", "--as", "revised").returncode == 0
+        second = eventually(
+            lambda: (r := _revision(url, "tiny:revised")) != first and r,
+            what="a new revision of tiny:revised",
+            timeout=120,
+        )
+        assert second != first
+        # The replica reads the index on its own: give it the same time the ingress had.
+        eventually(
+            lambda: _completion(url, "tiny:revised") == billing,
+            what="tiny:revised to answer with its new weights",
+            timeout=60,
+        )
+        after = demo.kubectl("get", "rayservice", "tiny", "-n", "lorafleet-demo")["metadata"]
+        assert after["resourceVersion"] == before["resourceVersion"]
+    finally:
+        demo.run("demo-remove", "revised")
+    # Withdrawn from the bucket: no longer listed, and asking for it is a 404.
+    eventually(
+        lambda: _revision(url, "tiny:revised") is None,
+        what="tiny:revised to be withdrawn",
+        timeout=120,
+    )
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        _completion(url, "tiny:revised")
+
+
+def _serve_applications(demo: Demo) -> dict[str, Any]:
+    """Ray Serve's own view, from the dashboard on the head, reached through the API server's
+    service proxy (as KubeRay reaches it)."""
     kubeconfig = demo.state["cluster"]["kubeconfig"]
     raw = subprocess.run(
         [
@@ -187,10 +279,214 @@ def test_the_router_policy_of_the_loramodel_is_in_effect(demo: Demo) -> None:
         timeout=60,
         check=True,
     ).stdout
-    deployments = json.loads(raw)["applications"]["lorafleet"]["deployments"]
+    return dict(json.loads(raw)["applications"])
+
+
+def _llm_deployment(demo: Demo) -> dict[str, Any]:
+    deployments = _serve_applications(demo)["lorafleet"]["deployments"]
     (server,) = [d for name, d in deployments.items() if name.startswith("LoraFleetServer")]
-    router = server["deployment_config"]["request_router_config"]
-    assert router["request_router_class"] == (
-        "lorafleet_runtime.router.serve:LoraFleetRequestRouter"
+    return dict(server)
+
+
+def _dashboard_router(demo: Demo) -> tuple[str, str, list[str]]:
+    """The application's status, the LLM deployment's router policy and its replica ids
+    (empty while Serve replaces the deployment)."""
+    app = _serve_applications(demo).get("lorafleet") or {}
+    servers = [d for n, d in app.get("deployments", {}).items() if n.startswith("LoraFleetServer")]
+    if not servers:
+        return str(app.get("status", "")), "", []
+    config = servers[0]["deployment_config"]["request_router_config"]
+    replicas = [r["replica_id"] for r in servers[0]["replicas"]]
+    return app["status"], config["request_router_kwargs"]["policy"], replicas
+
+
+def _set_policy(demo: Demo, policy: str) -> None:
+    kubeconfig = demo.state["cluster"]["kubeconfig"]
+    subprocess.run(
+        [
+            str(tool("kubectl")),
+            f"--kubeconfig={kubeconfig}",
+            "patch",
+            "loramodel",
+            "tiny",
+            "-n",
+            "lorafleet-demo",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"router": {"policy": policy}}}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
-    assert router["request_router_kwargs"]["policy"] == "lorafleet"
+
+
+def test_a_serve_only_edit_redeploys_the_application_in_place(demo: Demo) -> None:
+    """Changing the router policy touches serveConfigV2 only: KubeRay updates the Serve
+    application on the running cluster (no new RayCluster), which redeploys its replicas with
+    the new policy, and the model keeps its URL."""
+    before = demo.kubectl("get", "rayservice", "tiny", "-n", "lorafleet-demo")
+    clusters = [
+        c["metadata"]["name"]
+        for c in demo.kubectl("get", "rayclusters", "-n", "lorafleet-demo")["items"]
+    ]
+    _, policy, replicas = _dashboard_router(demo)
+    assert policy == "lorafleet"
+    try:
+        _set_policy(demo, "affinity")
+        after = eventually(
+            lambda: (
+                (rs := demo.kubectl("get", "rayservice", "tiny", "-n", "lorafleet-demo"))[
+                    "metadata"
+                ]["generation"]
+                > before["metadata"]["generation"]
+                and rs
+            ),
+            what="the operator to update the RayService",
+            timeout=120,
+        )
+        assert after["spec"]["rayClusterConfig"] == before["spec"]["rayClusterConfig"]
+        assert after["spec"]["serveConfigV2"] != before["spec"]["serveConfigV2"]
+        _, _, new_replicas = eventually(
+            lambda: (d := _dashboard_router(demo))[0] == "RUNNING" and d[1] == "affinity" and d,
+            what="the application to run with policy affinity",
+            timeout=300,
+        )
+        assert not set(new_replicas) & set(replicas), "the LLM replicas were not redeployed"
+        now = [
+            c["metadata"]["name"]
+            for c in demo.kubectl("get", "rayclusters", "-n", "lorafleet-demo")["items"]
+        ]
+        assert now == clusters
+        assert (
+            demo.kubectl("get", "rayservice", "tiny", "-n", "lorafleet-demo")["status"][
+                "activeServiceStatus"
+            ]["rayClusterName"]
+            == before["status"]["activeServiceStatus"]["rayClusterName"]
+        )
+        assert _completion(demo.base_url, "tiny:billing")
+    finally:
+        _set_policy(demo, "lorafleet")
+        eventually(
+            lambda: _dashboard_router(demo)[:2] == ("RUNNING", "lorafleet"),
+            what="the policy to be restored",
+            timeout=300,
+        )
+        eventually(
+            lambda: (
+                next(
+                    c
+                    for c in demo.kubectl("get", "loramodel", "tiny", "-n", "lorafleet-demo")[
+                        "status"
+                    ]["conditions"]
+                    if c["type"] == "Ready"
+                )["status"]
+                == "True"
+            ),
+            what="the LoRAModel to be Ready again",
+            timeout=120,
+        )
+
+
+NAMESPACED_KINDS = (
+    "rayservices,rayclusters,pods,services,configmaps,serviceaccounts,roles,rolebindings"
+)
+
+
+def _objects(demo: Demo) -> set[tuple[str, str]]:
+    listed = demo.kubectl("get", NAMESPACED_KINDS, "-n", "lorafleet-demo")["items"]
+    return {(o["kind"], o["metadata"]["name"]) for o in listed}
+
+
+def _conditions(demo: Demo, name: str) -> dict[str, dict[str, Any]]:
+    model = demo.kubectl("get", "loramodel", name, "-n", "lorafleet-demo")
+    return {c["type"]: c for c in (model.get("status") or {}).get("conditions", [])}
+
+
+def _rayclusters_of(demo: Demo, name: str) -> dict[str, dict[str, Any]]:
+    listed = demo.kubectl(
+        "get", "rayclusters", "-n", "lorafleet-demo", "-l", f"ray.io/originated-from-cr-name={name}"
+    )["items"]
+    return {c["metadata"]["name"]: c for c in listed}
+
+
+def _worker_memory(raycluster_spec: dict[str, Any]) -> str:
+    (group,) = raycluster_spec["workerGroupSpecs"]
+    (container,) = [c for c in group["template"]["spec"]["containers"] if c["name"] == "ray-worker"]
+    return str(container["resources"]["limits"]["memory"])
+
+
+def test_a_second_loramodel_fails_visibly_rolls_out_on_resource_edits_and_leaves_nothing(
+    demo: Demo,
+) -> None:
+    """A user's second LoRAModel names an adapter's folder as its base model (a plausible
+    mistake). Its application fails on the Ray pods: the LoRAModel is Degraded with the
+    application's own error. A resources edit changes rayClusterConfig only, and KubeRay rolls
+    out a new RayCluster with the new size. Deleting the LoRAModel removes everything it
+    created and nothing else."""
+    name = "second"
+    before = _objects(demo)
+    manifest = yaml.safe_load((EXAMPLES / "lora-model.yaml").read_text())
+    manifest["metadata"] = {"name": name, "namespace": "lorafleet-demo"}
+    manifest["spec"]["baseModel"]["source"] = "s3://lorafleet-demo/adapters/billing"
+    demo.apply(manifest)
+    try:
+        degraded = eventually(
+            lambda: (
+                (c := _conditions(demo, name).get("Degraded", {})).get("status") == "True" and c
+            ),
+            what=f"LoRAModel {name} to be Degraded",
+            timeout=400,
+        )
+        assert degraded["reason"] == "ServeDeployFailed"
+        # vLLM's own words, from the replica that failed on the Ray worker pod.
+        assert "Invalid repository ID or local directory specified" in degraded["message"]
+        assert _conditions(demo, name)["Ready"]["status"] == "False"
+
+        rayservice = demo.kubectl("get", "rayservice", name, "-n", "lorafleet-demo")
+        (old_cluster,) = _rayclusters_of(demo, name)
+        assert _worker_memory(rayservice["spec"]["rayClusterConfig"]) == "8Gi"
+        demo.apply(
+            {
+                **manifest,
+                "spec": {
+                    **manifest["spec"],
+                    "resources": {**manifest["spec"]["resources"], "memory": "6Gi"},
+                },
+            }
+        )
+        edited = eventually(
+            lambda: (
+                (rs := demo.kubectl("get", "rayservice", name, "-n", "lorafleet-demo"))["spec"][
+                    "rayClusterConfig"
+                ]
+                != rayservice["spec"]["rayClusterConfig"]
+                and rs
+            ),
+            what="the operator to change rayClusterConfig",
+            timeout=60,
+        )
+        assert _worker_memory(edited["spec"]["rayClusterConfig"]) == "6Gi"
+        assert edited["spec"]["serveConfigV2"] == rayservice["spec"]["serveConfigV2"]
+        rolled = eventually(
+            lambda: (
+                (clusters := _rayclusters_of(demo, name))
+                and old_cluster not in clusters
+                and clusters
+            ),
+            what="KubeRay to replace the RayCluster",
+            timeout=300,
+        )
+        (new_cluster,) = rolled.values()
+        assert _worker_memory(new_cluster["spec"]) == "6Gi"
+    finally:
+        demo.kubectl_ok("delete", "loramodel", name, "-n", "lorafleet-demo", "--wait=false")
+    eventually(
+        lambda: _objects(demo) == before,
+        what=f"everything LoRAModel {name} created to be deleted",
+        timeout=180,
+        context=lambda: f"left: {sorted(_objects(demo) - before)}",
+    )
+    # The demo's own model kept serving throughout.
+    assert _completion(demo.base_url, "tiny:support-v1")

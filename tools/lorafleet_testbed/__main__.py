@@ -1,7 +1,8 @@
-"""``python -m lorafleet_testbed up|down|status|demo|demo-down|demo-upload|tiny-model``: the
-local control plane for people (``make cluster-up`` / ``make cluster-down``), the demo
-(``make demo`` / ``make demo-down``, :mod:`lorafleet_testbed.demo`) and the tiny model
-``make serve`` stands in for the example's model. Tests use the same classes."""
+"""``python -m lorafleet_testbed COMMAND`` (up, down, status, demo, demo-down, demo-upload,
+demo-remove, tiny-model): the local control plane for people (``make cluster-up`` /
+``make cluster-down``), the demo (``make demo`` / ``make demo-down``,
+:mod:`lorafleet_testbed.demo`) and the tiny model ``make serve`` stands in for the example's
+model. Tests use the same classes."""
 
 from __future__ import annotations
 
@@ -79,7 +80,13 @@ def cmd_demo_down(_: argparse.Namespace) -> int:
 def cmd_demo_upload(args: argparse.Namespace) -> int:
     from lorafleet_testbed import demo
 
-    return demo.upload(args.adapter)
+    return demo.upload(args.adapter, args.target)
+
+
+def cmd_demo_remove(args: argparse.Namespace) -> int:
+    from lorafleet_testbed import demo
+
+    return demo.remove(args.adapter)
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -102,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo-down", help="stop everything make demo started")
     upload = sub.add_parser("demo-upload", help="publish one of the demo's adapters to its bucket")
     upload.add_argument("adapter")
+    upload.add_argument(
+        "--as",
+        dest="target",
+        metavar="NAME",
+        help="publish it under this name: a new adapter, or a new revision of an existing one",
+    )
+    remove = sub.add_parser("demo-remove", help="delete an adapter from the demo's bucket")
+    remove.add_argument("adapter")
     tiny = sub.add_parser(
         "tiny-model", help="a tiny model, adapters and a local AdapterCatalog for `make serve`"
     )
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "demo-down": cmd_demo_down,
         "demo-upload": cmd_demo_upload,
+        "demo-remove": cmd_demo_remove,
         "tiny-model": cmd_tiny_model,
     }[args.command]
     try:

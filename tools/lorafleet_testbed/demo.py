@@ -29,6 +29,7 @@ from typing import Any, Final
 from lorafleet_testbed import kuberay_cluster, process
 from lorafleet_testbed.controlplane import KUBERAY_CRD_DIR
 from lorafleet_testbed.demo_content import (
+    ADAPTER_PREFIX,
     ADAPTERS,
     BROKEN,
     BUCKET,
@@ -36,6 +37,7 @@ from lorafleet_testbed.demo_content import (
     ask,
     build_demo_files,
     fill_bucket,
+    remove_adapter,
     upload_adapter,
 )
 from lorafleet_testbed.kuberay_cluster import KubeRayCluster
@@ -203,7 +205,10 @@ def s3_client(state: DemoState) -> Any:
 
 
 def files() -> DemoFiles:
-    return build_demo_files(demo_dir() / "files")
+    directory = demo_dir() / "files"
+    if not (directory / "base").exists():
+        say("Generating the tiny model and the demo's adapters (first time only)")
+    return build_demo_files(directory)
 
 
 def _converge(state: DemoState, cluster: KubeRayCluster) -> None:
@@ -285,7 +290,9 @@ def _converge(state: DemoState, cluster: KubeRayCluster) -> None:
         "the RayService",
         timeout=60,
     )
-    print("  RayService rendered; KubeRay is starting the Ray pods (first time: a few minutes)")
+    model = _get(cluster, "loramodel", MODEL, "-n", NAMESPACE)
+    if _condition(model, "Ready").get("status") != "True":
+        print("  RayService rendered; KubeRay is starting the Ray pods (first time: a few minutes)")
 
     seen: list[str] = []
 
@@ -365,8 +372,9 @@ On a cluster, in-cluster clients call http://{MODEL}.{NAMESPACE}.svc:8000/v1 ins
     )
 
 
-def upload(name: str) -> int:
-    """Publish one of the demo's adapters to the running demo's bucket."""
+def upload(name: str, target: str | None = None) -> int:
+    """Publish one of the demo's adapters to the running demo's bucket, under its own name or
+    as ``target`` (a new adapter, or a new revision of one already there)."""
     running = load()
     if running is None:
         print("No demo is running (make demo starts one)")
@@ -376,6 +384,22 @@ def upload(name: str) -> int:
     if name not in demo_files.adapters:
         print(f"unknown adapter {name!r}; the demo has {', '.join(sorted(demo_files.adapters))}")
         return 1
-    count = upload_adapter(s3_client(state), name, demo_files.adapters[name])
-    print(f"Uploaded {count} files to s3://{BUCKET}/adapters/{name}/")
+    target = target or name
+    count = upload_adapter(s3_client(state), target, demo_files.adapters[name])
+    print(f"Uploaded {count} files ({name}) to s3://{BUCKET}/{ADAPTER_PREFIX}{target}/")
+    return 0
+
+
+def remove(name: str) -> int:
+    """Delete an adapter's folder from the running demo's bucket."""
+    running = load()
+    if running is None:
+        print("No demo is running (make demo starts one)")
+        return 1
+    state, _ = running
+    count = remove_adapter(s3_client(state), name)
+    if count == 0:
+        print(f"Nothing at s3://{BUCKET}/{ADAPTER_PREFIX}{name}/")
+        return 1
+    print(f"Deleted {count} files from s3://{BUCKET}/{ADAPTER_PREFIX}{name}/")
     return 0

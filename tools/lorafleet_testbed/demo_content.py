@@ -64,6 +64,15 @@ def upload_adapter(s3: Any, name: str, folder: Path) -> int:
     return upload_s3(s3, BUCKET, f"{ADAPTER_PREFIX}{name}/", tree_files(folder))
 
 
+def remove_adapter(s3: Any, name: str) -> int:
+    """Delete ``adapters/<name>/``: what a user does to withdraw one; returns how many files."""
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{ADAPTER_PREFIX}{name}/")
+    keys = [{"Key": item["Key"]} for item in listed.get("Contents", [])]
+    if keys:
+        s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
+    return len(keys)
+
+
 def ask(base_url: str, model_id: str, adapters: list[str], *, max_tokens: int = 12) -> list[str]:
     """The OpenAI client calls of the demo: the base model, then each adapter, the last one
     streamed. Returns printable lines. (The tiny model has random weights: its words mean
