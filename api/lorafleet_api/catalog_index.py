@@ -20,7 +20,18 @@ again. Catalog names are DNS-1123 labels (no dots, enforced by the CRD), so the 
 never collide between catalogs.
 
 Invalid adapters are in the index too (``valid: false`` with a one-word ``reason``), so the
-runtime can answer "known but invalid" with the reason instead of "not found".
+runtime can answer "known but invalid" with the reason instead of "not found". ``valid`` means
+"some engine could serve it"; which engine can is decided from what the record says the adapter
+is (``lorafleet_api.adapter_support``), not written into it:
+
+- ``modulesToSave``: the modules the adapter replaces whole (PEFT's ``modules_to_save``),
+  sorted; left out when none.
+- ``variant``: ``"dora"`` for DoRA (``use_dora``); left out for plain LoRA.
+- ``rankPattern``: ``true`` when ``rank_pattern`` or ``alpha_pattern`` gives some layers their
+  own rank or alpha; left out when false.
+
+These fields came after the first records of format version 1: they are optional, and a record
+without them is a plain LoRA adapter, as every valid record written before them was.
 """
 
 from __future__ import annotations
@@ -28,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
@@ -96,14 +106,18 @@ class AdapterRecord(_Frozen):
     peft_type: str | None = Field(default=None, alias="peftType")
     base_model: str | None = Field(default=None, alias="baseModel")
     target_modules: tuple[str, ...] = Field(default=(), alias="targetModules")
+    modules_to_save: tuple[str, ...] = Field(default=(), alias="modulesToSave")
+    variant: str | None = None
+    rank_pattern: bool = Field(default=False, alias="rankPattern")
     files: tuple[AdapterFile, ...] = ()
     size_bytes: int = Field(default=0, ge=0, alias="sizeBytes")
 
     def to_json(self) -> str:
         """One line of a shard: compact, keys sorted, empty fields left out."""
         data = self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
-        if not data.get("targetModules"):
-            data.pop("targetModules", None)
+        for empty_when_absent in ("targetModules", "modulesToSave", "rankPattern"):
+            if not data.get(empty_when_absent):
+                data.pop(empty_when_absent, None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -181,13 +195,6 @@ def build_index(
         }
     )
     return manifest, {ref.name: text for ref, text in zip(refs, texts, strict=True)}
-
-
-def rank_histogram(records: Iterable[AdapterRecord]) -> dict[int, int]:
-    """Valid adapters per LoRA rank, in rank order (invalid adapters are never served, so
-    never counted)."""
-    counts = Counter(record.rank for record in records if record.valid and record.rank)
-    return {rank: counts[rank] for rank in sorted(counts)}
 
 
 def parse_manifest(text: str) -> IndexManifest:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from lorafleet_api import names
-from lorafleet_api.catalog_index import AdapterRecord, rank_histogram
+from lorafleet_api.adapter_support import servable_counts, vllm_rank_histogram
+from lorafleet_api.catalog_index import AdapterRecord
 from lorafleet_api.contract import RuntimeArgs
 from lorafleet_operator.builders.runtime_args import render_runtime_args
 from lorafleet_operator.errors import InvalidSpecError
@@ -79,7 +80,9 @@ def snapshot(catalog: AdapterCatalog, records: Sequence[AdapterRecord] | None) -
         name=catalog.name,
         namespace=catalog.namespace,
         found=records is not None,
-        rank_histogram=rank_histogram(records or ()),
+        rank_histogram=vllm_rank_histogram(records or ()),
+        valid=sum(1 for record in records or () if record.valid),
+        servable=servable_counts(records or ()),
     )
 
 

@@ -100,6 +100,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
             adapter,
             found[0] if found else None,
             max_lora_rank=self._args.engine.max_lora_rank,
+            engine_kind=self._args.engine.engine_kind,
         )
         if verdict.http_status is not None:
             raise http_error(
@@ -193,7 +194,10 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         cards = []
         for record in self._index.records():
             verdict = judge_adapter(
-                record.name, record, max_lora_rank=self._args.engine.max_lora_rank
+                record.name,
+                record,
+                max_lora_rank=self._args.engine.max_lora_rank,
+                engine_kind=self._args.engine.engine_kind,
             )
             if verdict.http_status is not None:
                 continue

@@ -35,6 +35,7 @@ from lorafleet_operator.storage import (
 from lorafleet_testbed.adapter_trees import (
     MAX_ADAPTER_SIZE,
     TINY_MODEL_ID,
+    VALID_FOLDERS,
     build_real_adapters,
     tree_files,
     upload_gcs,
@@ -267,13 +268,16 @@ def test_catalog_scan_command_prints_what_a_sync_records(
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout)
     assert {a["name"]: a.get("reason") for a in printed["adapters"]} == tree[1]
-    assert printed["counts"]["valid"] == 3
-    assert printed["rankHistogram"] == {"8": 2, "16": 1}
+    assert printed["counts"]["valid"] == VALID_FOLDERS
+    assert printed["rankHistogram"] == {"8": 2, "16": 1}  # what vLLM can serve
+    by_name = {a["name"]: a for a in printed["adapters"]}
+    assert by_name["modules-to-save"]["modulesToSave"] == ["lm_head"]
+    assert by_name["dora"]["variant"] == "dora"
 
     table = subprocess.run([*base, *flags], env=env, capture_output=True, text=True)
     assert table.returncode == 0
     assert "support-v2" in table.stdout and "BaseModelMismatch" in table.stdout
-    assert "3 valid" in table.stdout
+    assert f"{VALID_FOLDERS} valid" in table.stdout
 
     denied = subprocess.run(
         [*base, *flags],

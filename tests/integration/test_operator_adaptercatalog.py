@@ -24,6 +24,7 @@ from lorafleet_api.catalog_index import (
 )
 from lorafleet_api.names import ANNOTATION_SYNC_REQUESTED, LABEL_CATALOG
 from lorafleet_testbed.adapter_trees import (
+    ENGINE_SPECIFIC_ADAPTERS,
     MAX_ADAPTER_SIZE,
     TINY_MODEL_ID,
     build_real_adapters,
@@ -199,8 +200,17 @@ def test_a_catalog_syncs_into_status_and_an_owned_index(
     assert status["counts"]["valid"] == len(valid)
     assert status["counts"]["invalid"] == len(invalid)
     assert status["counts"]["strayFiles"] == 2
+    # Adapters vLLM refuses are valid, listed with the reason, and left out of the histogram
+    # (vLLM's rank limit) and vLLM's count.
     assert status["rankHistogram"] == {"8": 2, "16": 1}
+    assert status["counts"]["servable"] == {
+        kind: len(valid) - sum(kind in refused for refused in ENGINE_SPECIFIC_ADAPTERS.values())
+        for kind in ("vllm", "peft")
+    }
     assert [a["name"] for a in status["adapters"]] == valid
+    assert {
+        a["name"]: a["refusedBy"] for a in status["adapters"] if "refusedBy" in a
+    } == ENGINE_SPECIFIC_ADAPTERS
     assert {a["name"]: a["reason"] for a in status["invalidAdapters"]} == invalid
     assert status["observedGeneration"] == catalog["metadata"]["generation"]
     assert condition(catalog, "Synced")["status"] == "True"
@@ -208,6 +218,8 @@ def test_a_catalog_syncs_into_status_and_an_owned_index(
     index = _index(control_plane)
     assert {name: record.reason for name, record in index.items()} == bucket.expected
     assert index["support-v2"].rank == 16
+    assert index["modules-to-save"].modules_to_save == ("lm_head",)
+    assert index["dora"].variant == "dora"
     assert index["support-v2"].uri == f"{bucket.uri}/support-v2/"
     assert status["index"]["configMap"] == manifest_name(CATALOG)
     configmaps = get_json(
@@ -223,15 +235,23 @@ def test_a_catalog_syncs_into_status_and_an_owned_index(
     table = control_plane.kubectl("get", "adaptercatalogs", "-n", NAMESPACE).stdout
     header, row = table.splitlines()[:2]
     assert header.split()[:5] == ["NAME", "READY", "ADAPTERS", "VALID", "INVALID"]
-    assert row.split()[:5] == [CATALOG, "True", str(len(bucket.expected)), "3", str(len(invalid))]
+    assert row.split()[:5] == [
+        CATALOG,
+        "True",
+        str(len(bucket.expected)),
+        str(len(valid)),
+        str(len(invalid)),
+    ]
 
 
-def _loramodel(max_lora_rank: int | None) -> dict[str, Any]:
-    engine = {"maxLoraRank": max_lora_rank} if max_lora_rank else {}
+def _loramodel(max_lora_rank: int | None, kind: str | None = None) -> dict[str, Any]:
+    engine: dict[str, Any] = {"maxLoraRank": max_lora_rank} if max_lora_rank else {}
+    if kind is not None:
+        engine["kind"] = kind
     return {
         "apiVersion": "lorafleet.dev/v1alpha1",
         "kind": "LoRAModel",
-        "metadata": {"name": f"tiny-r{max_lora_rank or 'auto'}"},
+        "metadata": {"name": f"tiny-{kind}" if kind else f"tiny-r{max_lora_rank or 'auto'}"},
         "spec": {
             "baseModel": {"source": TINY_MODEL_ID},
             "catalogs": [{"name": CATALOG}],
@@ -256,20 +276,31 @@ def _served(plane: ControlPlane, model: str, served: int) -> dict[str, Any]:
 def test_adds_changes_and_removals_show_up_after_a_sync_request_with_events(
     control_plane: ControlPlane, bucket: Bucket, lorafleet_operator: OperatorProcess
 ) -> None:
-    # Two LoRAModels follow the catalog: one with an explicit rank limit of 8 (support-v2,
-    # rank 16, is incompatible), one whose limit follows the catalog (16: everything fits).
-    for model in (_loramodel(8), _loramodel(None)):
+    # Three LoRAModels follow the catalog: one with an explicit rank limit of 8 (support-v2,
+    # rank 16, is incompatible), one whose limit follows the catalog (16: every adapter vLLM
+    # can serve fits), both vLLM, which refuses dora and modules-to-save; and a PEFT one,
+    # which serves modules-to-save and refuses dora.
+    for model in (_loramodel(8), _loramodel(None), _loramodel(None, kind="peft")):
         _apply(control_plane, model)
     limited = eventually(lambda: _served(control_plane, "tiny-r8", 2), what="2 served")
-    assert limited["status"]["adapters"]["incompatible"] == 1
-    assert limited["status"]["adapters"]["incompatibleNames"] == ["support-v2"]
-    eventually(lambda: _served(control_plane, "tiny-rauto", 3), what="3 served")
+    assert limited["status"]["adapters"]["incompatible"] == 3
+    assert limited["status"]["adapters"]["incompatibleNames"] == [
+        "dora",
+        "modules-to-save",
+        "support-v2",
+    ]
+    auto = eventually(lambda: _served(control_plane, "tiny-rauto", 3), what="3 served")
+    assert auto["status"]["maxLoraRank"] == 16
+    assert auto["status"]["adapters"]["incompatibleNames"] == ["dora", "modules-to-save"]
+    peft = eventually(lambda: _served(control_plane, "tiny-peft", 4), what="4 served by peft")
+    assert peft["status"]["adapters"]["incompatible"] == 1
+    assert peft["status"]["adapters"]["incompatibleNames"] == ["dora"]
     before = {m: _rayservice(control_plane, m) for m in ("tiny-r8", "tiny-rauto")}
     assert all(before.values())
 
     bucket.copy_adapter("support-v1", "new-adapter")  # added, rank 8
     bucket.copy_adapter("billing", "billing", lora_alpha=64)  # re-uploaded: new revision
-    bucket.delete_adapter("dora")  # an invalid one goes away
+    bucket.delete_adapter("dora")  # one no engine serves goes away
     _request_sync(control_plane)
 
     eventually(
@@ -291,6 +322,8 @@ def test_adds_changes_and_removals_show_up_after_a_sync_request_with_events(
     # never change rayClusterConfig or serveConfigV2 (the rank bucket did not move).
     eventually(lambda: _served(control_plane, "tiny-r8", 3), what="3 served with rank 8")
     eventually(lambda: _served(control_plane, "tiny-rauto", 4), what="4 served")
+    peft = eventually(lambda: _served(control_plane, "tiny-peft", 5), what="5 served by peft")
+    assert peft["status"]["adapters"]["incompatible"] == 0
     for model, old in before.items():
         new = _rayservice(control_plane, model)
         assert new["metadata"]["resourceVersion"] == old["metadata"]["resourceVersion"]

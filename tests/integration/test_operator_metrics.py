@@ -22,6 +22,7 @@ from lorafleet_testbed.adapter_trees import (
     MAX_ADAPTER_SIZE,
     TINY_MODEL_ID,
     VALID_ADAPTERS,
+    VALID_FOLDERS,
     build_real_adapters,
     write_catalog_tree,
 )
@@ -124,7 +125,7 @@ def test_catalog_figures_failures_and_reconciles_match_what_the_cluster_says(
     )
     counts = catalog["status"]["counts"]
     assert counts["found"] == len(expected)
-    assert counts["valid"] == len(VALID_ADAPTERS)
+    assert counts["valid"] == VALID_FOLDERS
     eventually(
         lambda: (
             condition(

@@ -112,9 +112,6 @@ BROKEN: list[tuple[str, dict[str, Any], str]] = [
     ("alpha string", {"config": _with(lora_alpha="16")}, "AlphaInvalid"),
     ("no target modules", {"config": _with(target_modules=_DROP)}, "TargetModulesMissing"),
     ("empty target modules", {"config": _with(target_modules=[])}, "TargetModulesMissing"),
-    ("modules_to_save", {"config": _with(modules_to_save=["lm_head"])}, "ModulesToSave"),
-    ("DoRA", {"config": _with(use_dora=True)}, "UnsupportedOption"),
-    ("rank pattern", {"config": _with(rank_pattern={"q_proj": 16})}, "UnsupportedOption"),
     ("no weights", {"files": {"adapter_config.json": 200}}, "WeightsMissing"),
     ("empty weights", {"files": {"adapter_config.json": 200, WEIGHTS[0]: 0}}, "WeightsEmpty"),
     (
@@ -142,6 +139,52 @@ def test_broken_adapter_is_invalid_with_its_reason(
 
 def test_at_least_fifteen_kinds_of_broken_adapters_are_told_apart() -> None:
     assert len({reason for _, _, reason in BROKEN}) >= 15
+
+
+SOME_ENGINES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    (
+        "modules_to_save",
+        _with(modules_to_save=["lm_head", "embed_tokens"]),
+        {"modules_to_save": ("embed_tokens", "lm_head")},
+    ),
+    (
+        "modules_to_save as one string",
+        _with(modules_to_save="lm_head"),
+        {"modules_to_save": ("lm_head",)},
+    ),
+    ("DoRA", _with(use_dora=True), {"variant": "dora"}),
+    ("rank pattern", _with(rank_pattern={"q_proj": 16}), {"rank_pattern": True}),
+    ("alpha pattern", _with(alpha_pattern={"q_proj": 32}), {"rank_pattern": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "config", "recorded"), SOME_ENGINES, ids=[c[0] for c in SOME_ENGINES]
+)
+def test_options_only_some_engines_serve_are_valid_and_recorded(
+    case: str, config: dict[str, Any], recorded: dict[str, Any]
+) -> None:
+    # Which engine serves them is decided per engine (adapter_support), not by the catalog.
+    record = _validate(config)
+    assert record.valid and record.reason is None, case
+    plain = {"modules_to_save": (), "variant": None, "rank_pattern": False}
+    assert {key: getattr(record, key) for key in plain} == {**plain, **recorded}
+    assert "ModulesToSave" not in REASONS and "UnsupportedOption" not in REASONS
+
+
+def test_a_plain_lora_adapter_records_none_of_the_engine_specific_options() -> None:
+    record = _validate(_with(modules_to_save=[], use_dora=False, rank_pattern={}))
+    assert record.valid
+    assert (record.modules_to_save, record.variant, record.rank_pattern) == ((), None, False)
+    assert "modulesToSave" not in record.to_json() and "rankPattern" not in record.to_json()
+
+
+def test_what_no_engine_serves_stays_invalid_whatever_the_options() -> None:
+    record = _validate(
+        _with(modules_to_save=["lm_head"], use_dora=True),
+        files={"adapter_config.json": 200},
+    )
+    assert not record.valid and record.reason == "WeightsMissing"
 
 
 def test_bin_weights_count_and_a_hub_id_matches_a_local_path_by_name() -> None:

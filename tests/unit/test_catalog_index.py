@@ -128,3 +128,34 @@ def test_a_reader_detects_a_shard_from_another_sync() -> None:
         read_index(manifest, old_shards)
     with pytest.raises(IndexFormatError, match="missing"):
         read_index(manifest, {})
+
+
+def test_what_an_adapter_is_round_trips_and_plain_records_keep_their_bytes() -> None:
+    special = _record(1).model_copy(
+        update={"modules_to_save": ("embed_tokens", "lm_head"), "variant": "dora"}
+    )
+    patterned = _record(2).model_copy(update={"rank_pattern": True})
+    line = json.loads(special.to_json())
+    assert (line["modulesToSave"], line["variant"]) == (["embed_tokens", "lm_head"], "dora")
+    assert json.loads(patterned.to_json())["rankPattern"] is True
+    rendered = render_index_configmaps(CATALOG, [special, patterned, _record(3)], "s")
+    manifest, shards = _texts(rendered)
+    assert read_index(manifest, shards) == sorted(
+        [special, patterned, _record(3)], key=lambda r: r.name
+    )
+    # A plain adapter's line has none of the new keys: indexes of plain adapters are
+    # byte-identical to those written before the fields existed.
+    plain = json.loads(_record(3).to_json())
+    assert not {"modulesToSave", "variant", "rankPattern"} & set(plain)
+
+
+def test_a_record_written_before_the_engine_fields_still_parses_as_plain_lora() -> None:
+    old_line = (
+        '{"baseModel":"Qwen/Qwen2.5-0.5B-Instruct","files":[{"name":"adapter_config.json",'
+        '"size":812}],"name":"tone","peftType":"LORA","rank":8,"revision":"r1",'
+        '"sizeBytes":812,"targetModules":["q_proj"],"uri":"s3://a/tone/","valid":true}'
+    )
+    record = AdapterRecord.model_validate_json(old_line)
+    assert record.valid and record.rank == 8
+    assert (record.modules_to_save, record.variant, record.rank_pattern) == ((), None, False)
+    assert record.to_json() == old_line

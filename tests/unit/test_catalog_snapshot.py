@@ -97,3 +97,39 @@ def test_malformed_secret_refs_and_shard_counts_are_ignored(spec: object, status
     )
     assert snapshot.credentials_secret is None
     assert snapshot.index_shards == 0
+
+
+def test_a_status_from_before_engine_kinds_counts_its_valid_adapters_for_every_engine() -> None:
+    # Syncs back then marked what vLLM refuses invalid: every valid adapter served anywhere.
+    old = CatalogSnapshot.from_object(
+        {
+            "metadata": {"name": "c", "namespace": "demo"},
+            "status": {
+                "counts": {"found": 5, "valid": 4, "invalid": 1},
+                "rankHistogram": {"8": 3, "16": 1},
+                "adapters": [{"name": "a", "rank": 8, "revision": "r"}],
+            },
+        }
+    )
+    assert old.valid_adapters == 4
+    assert (old.servable_by("vllm"), old.servable_by("peft")) == (4, 4)
+    assert old.adapters[0].refused_by == {}
+
+
+def test_malformed_per_engine_counts_and_refusals_are_skipped() -> None:
+    snapshot = CatalogSnapshot.from_object(
+        {
+            "metadata": {"name": "c"},
+            "status": {
+                "counts": {"valid": True, "servable": {"vllm": -1, "peft": 3, "tpu": 9}},
+                "rankHistogram": {"8": 2},
+                "adapters": [
+                    {"name": "a", "rank": 8, "refusedBy": {"vllm": 7, "peft": "X", "tpu": "Y"}},
+                    {"name": "b", "rank": 8, "refusedBy": "vllm"},
+                ],
+            },
+        }
+    )
+    assert snapshot.valid_adapters == 2
+    assert snapshot.servable == {"peft": 3}
+    assert [a.refused_by for a in snapshot.adapters] == [{"peft": "X"}, {}]

@@ -53,6 +53,7 @@ def test_status_of_ten_thousand_adapters_stays_small_and_counts_everything() -> 
         "invalid": 2_500,
         "excluded": 2,
         "strayFiles": 1,
+        "servable": {"vllm": 7_500, "peft": 7_500},
     }
     assert status["rankHistogram"] == {"8": 5_000, "64": 2_500}
     assert len(status["adapters"]) == 50 and len(status["invalidAdapters"]) == 50
@@ -90,3 +91,48 @@ def test_a_failed_sync_keeps_the_last_good_result_and_says_why() -> None:
     recovered = _synced(_records(8), previous=failed)
     ready = {c["type"]: c for c in recovered["conditions"]}["Ready"]
     assert (ready["status"], ready["reason"]) == ("True", "Synced")
+
+
+def test_counts_and_listed_adapters_say_which_engine_serves_what() -> None:
+    plain = _records(8)  # 6 valid: ranks 8 and 64
+    special = [
+        AdapterRecord(
+            name="m-head",
+            uri="s3://b/p/m-head/",
+            revision="r",
+            valid=True,
+            rank=128,
+            modules_to_save=("lm_head",),
+        ),
+        AdapterRecord(
+            name="m-dora",
+            uri="s3://b/p/m-dora/",
+            revision="r",
+            valid=True,
+            rank=8,
+            variant="dora",
+        ),
+    ]
+    records = sorted(plain + special, key=lambda r: r.name)
+    status = _synced(records)
+    assert status["counts"]["valid"] == 8
+    assert status["counts"]["servable"] == {"vllm": 6, "peft": 7}
+    # The histogram counts what vLLM can serve: the rank-128 adapter it refuses is not in it.
+    assert status["rankHistogram"] == {"8": 4, "64": 2}
+    listed = {entry["name"]: entry for entry in status["adapters"]}
+    assert listed["m-head"]["refusedBy"] == {"vllm": "ModulesToSave"}
+    assert listed["m-dora"]["refusedBy"] == {
+        "vllm": "UnsupportedOption",
+        "peft": "UnsupportedOption",
+    }
+    assert "refusedBy" not in listed["a00001"]
+    snapshot = CatalogSnapshot.from_object(
+        {"metadata": {"name": "c", "namespace": "ns"}, "status": status}
+    )
+    assert (snapshot.valid_adapters, snapshot.largest_valid_rank) == (8, 64)
+    assert (snapshot.servable_by("vllm"), snapshot.servable_by("peft")) == (6, 7)
+    refused = {a.name: a.refused_by for a in snapshot.adapters if a.refused_by}
+    assert refused == {
+        "m-dora": {"vllm": "UnsupportedOption", "peft": "UnsupportedOption"},
+        "m-head": {"vllm": "ModulesToSave"},
+    }

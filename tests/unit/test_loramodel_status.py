@@ -491,6 +491,57 @@ def test_derived_rank_serves_every_valid_adapter() -> None:
     assert status["adapters"]["incompatible"] == 0
 
 
+def _mixed_catalog(**fields: Any) -> CatalogSnapshot:
+    # 10 valid adapters: 6 vLLM can serve (ranks 8 and 64), 3 with modules_to_save (peft
+    # only, one named in the sample), 1 DoRA (neither engine).
+    return CatalogSnapshot(
+        name="legal",
+        namespace="demo",
+        found=True,
+        rank_histogram={8: 4, 64: 2},
+        valid=10,
+        servable={"vllm": 6, "peft": 9},
+        adapters=(
+            AdapterRank(name="contracts", rank=8),
+            AdapterRank(name="dora", rank=8, refused_by={"vllm": "UnsupportedOption", "peft": "X"}),
+            AdapterRank(name="head", rank=16, refused_by={"vllm": "ModulesToSave"}),
+            AdapterRank(name="patents", rank=64),
+        ),
+        **fields,
+    )
+
+
+def test_a_vllm_model_counts_adapters_vllm_refuses_as_incompatible() -> None:
+    lm = model(catalogs=[{"name": "legal"}], engine={"maxLoraRank": 16})
+    status = status_of(lm, serving_rayservice(), [_mixed_catalog()])
+    assert status["adapters"] == {
+        "served": 4,
+        "incompatible": 6,
+        "incompatibleNames": ["dora", "head", "patents"],
+    }
+
+
+def test_a_vllm_model_derives_its_rank_from_adapters_vllm_can_serve() -> None:
+    lm = model(catalogs=[{"name": "legal"}])
+    status = status_of(lm, serving_rayservice(), [_mixed_catalog()])
+    assert status["maxLoraRank"] == 64
+    assert status["adapters"]["served"] == 6
+    assert status["adapters"]["incompatible"] == 4
+
+
+def test_a_peft_model_serves_what_peft_can_at_any_rank() -> None:
+    lm = model(catalogs=[{"name": "legal"}], engine={"kind": "peft"})
+    status = status_of(lm, serving_rayservice(), [_mixed_catalog()])
+    assert status["adapters"] == {"served": 9, "incompatible": 1, "incompatibleNames": ["dora"]}
+
+
+def test_a_peft_model_reading_an_old_catalog_status_serves_its_valid_adapters() -> None:
+    lm = model(catalogs=[{"name": "legal"}], engine={"kind": "peft"})
+    old = CatalogSnapshot(name="legal", namespace="demo", found=True, rank_histogram={8: 4, 64: 2})
+    status = status_of(lm, serving_rayservice(), [old])
+    assert status["adapters"] == {"served": 6, "incompatible": 0, "incompatibleNames": []}
+
+
 # ---------------------------------------------------------------- invalid spec
 
 

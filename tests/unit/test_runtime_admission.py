@@ -77,3 +77,45 @@ def test_metric_labels_are_bounded() -> None:
     assert [labels.label(n) for n in ["a", "b", "c", "a"]] == ["a", "b", OTHER, "a"]
     assert labels.label(None) == "base"
     assert labels.size == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"modulesToSave": ["lm_head"]}, "ModulesToSave"),
+        ({"variant": "dora"}, "UnsupportedOption"),
+        ({"rankPattern": True}, "UnsupportedOption"),
+    ],
+)
+def test_vllm_refuses_what_it_cannot_serve_with_422_and_the_reason(
+    fields: dict[str, object], reason: str
+) -> None:
+    # The default engine is vLLM, so callers that predate engine kinds keep their answers.
+    for verdict in (
+        judge_adapter("a", _record(rank=8, **fields), max_lora_rank=16),
+        judge_adapter("a", _record(rank=8, **fields), max_lora_rank=16, engine_kind="vllm"),
+    ):
+        assert (verdict.outcome, verdict.http_status, verdict.reason) == (
+            "incompatible",
+            422,
+            reason,
+        )
+        assert "'a'" in verdict.message and "vllm" in verdict.message
+
+
+def test_peft_serves_modules_to_save_and_rank_patterns_at_any_rank() -> None:
+    for fields in ({"modulesToSave": ["lm_head"]}, {"rankPattern": True}, {}):
+        record = _record(rank=256, **fields)
+        assert judge_adapter("a", record, max_lora_rank=16, engine_kind="peft").http_status is None
+    # vLLM keeps its rank limit.
+    verdict = judge_adapter("a", _record(rank=256), max_lora_rank=16, engine_kind="vllm")
+    assert verdict.reason == "RankTooHigh"
+
+
+def test_peft_refuses_dora_and_nobody_serves_an_invalid_adapter() -> None:
+    verdict = judge_adapter("a", _record(variant="dora"), max_lora_rank=16, engine_kind="peft")
+    assert (verdict.http_status, verdict.reason) == (422, "UnsupportedOption")
+    assert "mixed-adapter batches" in verdict.message
+    broken = _record(valid=False, reason="WeightsMissing", modulesToSave=["lm_head"])
+    verdict = judge_adapter("a", broken, max_lora_rank=16, engine_kind="peft")
+    assert (verdict.outcome, verdict.reason) == ("invalid", "WeightsMissing")

@@ -15,6 +15,14 @@ from lorafleet_testbed.tinymodel import TINY_MODEL_ID, build_lora_adapter, build
 # maxAdapterSize the expected reasons assume (the "too-large" folder exceeds it).
 MAX_ADAPTER_SIZE: Final = "2Mi"
 VALID_ADAPTERS: Final = {"support-v1": 8, "support-v2": 16, "billing": 8}
+# Valid folders of write_catalog_tree (rank 8, copies of support-v1) that only some engines
+# serve, with the reason per engine kind that refuses them.
+ENGINE_SPECIFIC_ADAPTERS: Final[dict[str, dict[str, str]]] = {
+    "modules-to-save": {"vllm": "ModulesToSave"},
+    "dora": {"vllm": "UnsupportedOption", "peft": "UnsupportedOption"},
+}
+# Valid folders of write_catalog_tree.
+VALID_FOLDERS: Final = len(VALID_ADAPTERS) + len(ENGINE_SPECIFIC_ADAPTERS)
 
 
 def build_real_adapters(cache: Path) -> dict[str, Path]:
@@ -34,7 +42,8 @@ def _edit_config(folder: Path, edit: Callable[[dict[str, Any]], object]) -> None
 
 
 def write_catalog_tree(root: Path, adapters: dict[str, Path]) -> dict[str, str | None]:
-    """Fill ``root`` with valid adapters, broken folders and stray files.
+    """Fill ``root`` with valid adapters, adapters only some engines serve
+    (:data:`ENGINE_SPECIFIC_ADAPTERS`: valid for the catalog), broken folders and stray files.
 
     Returns the expected reason per adapter name (None: valid), for a catalog with
     ``baseModel: lorafleet/tiny-qwen2`` and ``maxAdapterSize: 2Mi``."""
@@ -48,11 +57,14 @@ def write_catalog_tree(root: Path, adapters: dict[str, Path]) -> dict[str, str |
         shutil.copytree(source, root / name)
         expected[name] = None
 
-    def broken(name: str, reason: str) -> Path:
+    def broken(name: str, reason: str | None) -> Path:
         folder = root / name
         shutil.copytree(template, folder)
         expected[name] = reason
         return folder
+
+    _edit_config(broken("modules-to-save", None), lambda c: c.update(modules_to_save=["lm_head"]))
+    _edit_config(broken("dora", None), lambda c: c.update(use_dora=True))
 
     broken("bad:name", "NameInvalid")
     folder = broken("too-large", "TooLarge")
@@ -77,11 +89,6 @@ def write_catalog_tree(root: Path, adapters: dict[str, Path]) -> dict[str, str |
     _edit_config(broken("rank-zero", "RankInvalid"), lambda c: c.update(r=0))
     _edit_config(broken("alpha-negative", "AlphaInvalid"), lambda c: c.update(lora_alpha=-16))
     _edit_config(broken("no-targets", "TargetModulesMissing"), lambda c: c.pop("target_modules"))
-    _edit_config(
-        broken("modules-to-save", "ModulesToSave"),
-        lambda c: c.update(modules_to_save=["lm_head"]),
-    )
-    _edit_config(broken("dora", "UnsupportedOption"), lambda c: c.update(use_dora=True))
     folder = broken("no-weights", "WeightsMissing")
     (folder / "adapter_model.safetensors").unlink()
     folder = broken("empty-weights", "WeightsEmpty")

@@ -1,8 +1,13 @@
-"""Is an adapter folder servable by vLLM? Each failure has a one-word reason and a message.
+"""Is an adapter folder a LoRA adapter some engine could serve? Each failure has a one-word
+reason and a message.
 
 Checks run in a fixed order and the first failure decides, so an adapter has exactly one
 reason and re-syncs report it the same way. Invalid adapters stay in the index (with the
-reason) but are never offered for serving."""
+reason) but are never offered for serving.
+
+What only some engines can serve is valid here and recorded (``modules_to_save``, DoRA as
+``variant``, ``rank_pattern``/``alpha_pattern``); ``lorafleet_api.adapter_support`` decides per
+engine, so one catalog can feed a vLLM model and a PEFT model."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import json
 import math
 from typing import Any, Final, cast
 
+from lorafleet_api.adapter_support import VARIANT_DORA
 from lorafleet_api.catalog_index import AdapterFile, AdapterRecord
 from lorafleet_api.naming import invalid_adapter_name_reason, same_base_model
 from lorafleet_operator.adapters.listing import CONFIG_FILE, AdapterFolder
@@ -33,8 +39,6 @@ REASONS: Final[dict[str, str]] = {
     "RankInvalid": "the rank (r) is not a positive integer",
     "AlphaInvalid": "lora_alpha is not a positive number",
     "TargetModulesMissing": "target_modules is missing or empty",
-    "ModulesToSave": "modules_to_save is set; vLLM cannot serve such adapters",
-    "UnsupportedOption": "an option vLLM cannot serve (DoRA, per-layer rank patterns)",
     "WeightsMissing": "no adapter_model.safetensors or adapter_model.bin",
     "WeightsEmpty": "the weight file is empty",
     "BaseModelMismatch": "base_model_name_or_path is not the catalog's baseModel",
@@ -137,21 +141,15 @@ def validate_adapter(
         return invalid("AlphaInvalid", f"lora_alpha={alpha!r} is not a positive number", **known)
     if not known.get("target_modules"):
         return invalid("TargetModulesMissing", "target_modules is missing or empty", **known)
-    if parsed.get("modules_to_save"):
-        return invalid(
-            "ModulesToSave",
-            f"modules_to_save={parsed['modules_to_save']!r}: vLLM cannot serve adapters that "
-            "replace whole modules",
-            **known,
-        )
+    modules_to_save = parsed.get("modules_to_save")
+    if isinstance(modules_to_save, str):
+        known["modules_to_save"] = (modules_to_save,)
+    elif isinstance(modules_to_save, list):
+        known["modules_to_save"] = tuple(sorted(str(m) for m in modules_to_save))
     if parsed.get("use_dora"):
-        return invalid("UnsupportedOption", "use_dora is set; vLLM cannot serve DoRA", **known)
+        known["variant"] = VARIANT_DORA
     if parsed.get("rank_pattern") or parsed.get("alpha_pattern"):
-        return invalid(
-            "UnsupportedOption",
-            "rank_pattern/alpha_pattern is set; vLLM serves one rank per adapter",
-            **known,
-        )
+        known["rank_pattern"] = True
     weights = [name for name in WEIGHT_FILES if name in folder.files]
     if not weights:
         return invalid(

@@ -164,10 +164,19 @@ async def index_intact(
     )
 
 
-def _summary(status: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+def _summary(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the LoRAModels using the catalog read from its status (``CatalogSnapshot``)."""
     index = status.get("index")
     shards = index.get("shards") if isinstance(index, Mapping) else None
-    return status.get("rankHistogram"), status.get("adapters"), shards
+    counts = status.get("counts")
+    counts = counts if isinstance(counts, Mapping) else {}
+    return (
+        status.get("rankHistogram"),
+        counts.get("valid"),
+        counts.get("servable"),
+        status.get("adapters"),
+        shards,
+    )
 
 
 def _credentials_secret(catalog: AdapterCatalog) -> str | None:

@@ -6,8 +6,11 @@ Conditions:
   ``NotFound``, ``InvalidSpec``) while counts, adapters and the index keep the last good sync.
 - ``Synced``: the index reflects the current spec (generation). False after a failure.
 
-Status stays small whatever the catalog's size: counts, a rank histogram, and the first
-``MAX_LISTED`` valid and invalid adapters. The full list is in the index ConfigMaps."""
+Status stays small whatever the catalog's size: counts (with ``counts.servable``, the valid
+adapters each engine kind can serve), a rank histogram of the adapters vLLM can serve (the
+engine with a rank limit), and the first ``MAX_LISTED`` valid and invalid adapters; a listed
+valid adapter some engine refuses names it with the reason (``refusedBy``). The full list is
+in the index ConfigMaps."""
 
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from lorafleet_api.adapter_support import engine_refusal, servable_counts, vllm_rank_histogram
 from lorafleet_api.catalog_index import AdapterRecord, IndexManifest
-from lorafleet_api.catalog_index import rank_histogram as count_ranks
+from lorafleet_api.contract import ENGINE_KINDS
 from lorafleet_operator.status.conditions import bounded, format_time, set_condition
 
 READY: Final = "Ready"
@@ -26,9 +30,23 @@ MAX_INVALID_MESSAGE: Final = 256
 
 
 def rank_histogram(records: Sequence[AdapterRecord]) -> dict[str, int]:
-    """Valid adapters per rank as status holds it: keys are strings (JSON object keys), in
-    rank order."""
-    return {str(rank): count for rank, count in count_ranks(records).items()}
+    """Adapters vLLM can serve per rank as status holds it: keys are strings (JSON object
+    keys), in rank order."""
+    return {str(rank): count for rank, count in vllm_rank_histogram(records).items()}
+
+
+def listed_adapter(record: AdapterRecord) -> dict[str, Any]:
+    """A valid adapter as ``status.adapters`` lists it; ``refusedBy`` maps each engine kind
+    that cannot serve it to the reason, and is left out when every engine can."""
+    entry: dict[str, Any] = {"name": record.name, "rank": record.rank, "revision": record.revision}
+    refused = {
+        kind: refusal[0]
+        for kind in ENGINE_KINDS
+        if (refusal := engine_refusal(record, kind)) is not None
+    }
+    if refused:
+        entry["refusedBy"] = refused
+    return entry
 
 
 def synced_status(
@@ -71,11 +89,10 @@ def synced_status(
             "invalid": len(invalid),
             "excluded": excluded,
             "strayFiles": stray_files,
+            "servable": servable_counts(valid),
         },
         "rankHistogram": rank_histogram(records),
-        "adapters": [
-            {"name": r.name, "rank": r.rank, "revision": r.revision} for r in valid[:MAX_LISTED]
-        ],
+        "adapters": [listed_adapter(r) for r in valid[:MAX_LISTED]],
         "invalidAdapters": [
             {
                 "name": r.name,

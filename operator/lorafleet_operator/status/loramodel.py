@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from lorafleet_api.contract import EngineKind
 from lorafleet_operator.builders.names import endpoint_url, rayservice_name
 from lorafleet_operator.builders.ranks import effective_max_lora_rank
 from lorafleet_operator.model.catalog import CatalogSnapshot
@@ -85,7 +86,7 @@ def compute_loramodel_status(
     max_lora_rank = effective_max_lora_rank(model.spec, snapshots)
     name = rayservice_name(model.name)
     endpoint = endpoint_url(model.name, model.namespace)
-    adapters = count_adapters(_referenced(model, snapshots), max_lora_rank)
+    adapters = count_adapters(_referenced(model, snapshots), max_lora_rank, model.spec.engine.kind)
     missing = _missing_catalogs(model, snapshots)
     health = assess_rayservice(rayservice) if rayservice is not None else None
     where = f"{model.namespace}/{name}"
@@ -203,22 +204,35 @@ def invalid_spec_status(
     return {**previous, "observedGeneration": generation, "conditions": conditions}
 
 
-def count_adapters(snapshots: Iterable[CatalogSnapshot], max_lora_rank: int) -> dict[str, Any]:
-    """Valid adapters the engine can load (rank <= max_lora_rank) and those it cannot.
+def count_adapters(
+    snapshots: Iterable[CatalogSnapshot], max_lora_rank: int, engine_kind: EngineKind = "vllm"
+) -> dict[str, Any]:
+    """Valid adapters an engine of ``engine_kind`` can load and those it cannot.
 
-    Counts come from the catalogs' rank histograms; names of incompatible adapters from their
-    bounded adapter lists, so ``incompatibleNames`` may be shorter than ``incompatible``."""
+    Served: adapters the kind can serve (``adapter_support``), for vllm only those with rank
+    <= max_lora_rank (PEFT loads any rank); incompatible: the other valid ones. Counts come
+    from the catalogs' rank histograms (vllm) and per-engine counts (peft); names of
+    incompatible adapters from their bounded adapter lists, so ``incompatibleNames`` may be
+    shorter than ``incompatible``."""
     served = incompatible = 0
     names: set[str] = set()
     for snapshot in snapshots:
         if not snapshot.found:
             continue
-        for rank, count in snapshot.rank_histogram.items():
-            if rank <= max_lora_rank:
-                served += count
-            else:
-                incompatible += count
-        names.update(a.name for a in snapshot.adapters if a.rank > max_lora_rank)
+        if engine_kind == "vllm":
+            # The histogram counts exactly the adapters vLLM can serve.
+            served_here = sum(
+                count for rank, count in snapshot.rank_histogram.items() if rank <= max_lora_rank
+            )
+        else:
+            served_here = snapshot.servable_by(engine_kind)
+        served += served_here
+        incompatible += max(snapshot.valid_adapters - served_here, 0)
+        names.update(
+            a.name
+            for a in snapshot.adapters
+            if engine_kind in a.refused_by or (engine_kind == "vllm" and a.rank > max_lora_rank)
+        )
     return {
         "served": served,
         "incompatible": incompatible,

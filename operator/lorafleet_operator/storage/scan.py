@@ -50,7 +50,9 @@ def validation_settings(spec: AdapterCatalogSpec) -> str:
         "uri": spec.source.location.uri,
         "baseModel": spec.base_model,
         "maxAdapterBytes": spec.max_adapter_bytes,
-        "rules": 1,  # bumped when validation.py learns a new rule
+        # Bumped when validation.py changes what it decides or records. 2: modules_to_save, DoRA
+        # and rank patterns are valid and recorded (per-engine support, adapter_support.py).
+        "rules": 2,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

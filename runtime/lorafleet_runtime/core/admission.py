@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from lorafleet_api.adapter_support import engine_refusal
 from lorafleet_api.catalog_index import AdapterRecord
+from lorafleet_api.contract import EngineKind
 from lorafleet_api.naming import same_base_model
 
 Outcome = Literal["servable", "unknown", "invalid", "incompatible"]
@@ -37,15 +39,27 @@ def judge_adapter(
     *,
     max_lora_rank: int,
     base_model: str | None = None,
+    engine_kind: EngineKind = "vllm",
 ) -> Verdict:
-    """Servable, unknown, invalid (the catalog said why) or incompatible with this engine."""
+    """Servable, unknown, invalid (the catalog said why) or incompatible with this engine:
+    refused by its kind (``adapter_support``), above ``max_lora_rank`` (vLLM only: PEFT
+    loads any rank) or trained for another base model."""
     if record is None:
         return Verdict("unknown", "NotFound", f"adapter {name!r} is in none of the catalogs")
     if not record.valid:
         reason = record.reason or "Invalid"
         detail = f": {record.message}" if record.message else ""
         return Verdict("invalid", reason, f"adapter {name!r} is invalid ({reason}){detail}")
-    if record.rank is not None and record.rank > max_lora_rank:
+    refusal = engine_refusal(record, engine_kind)
+    if refusal is not None:
+        reason, message = refusal
+        return Verdict(
+            "incompatible",
+            reason,
+            f"adapter {name!r} cannot be served by this model's engine ({engine_kind}, "
+            f"{reason}): {message}",
+        )
+    if engine_kind == "vllm" and record.rank is not None and record.rank > max_lora_rank:
         return Verdict(
             "incompatible",
             "RankTooHigh",

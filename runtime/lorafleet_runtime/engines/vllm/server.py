@@ -244,6 +244,8 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             name,
             found[0] if found else None,
             max_lora_rank=self._args.engine.max_lora_rank,
+            # This replica is a vLLM engine, whatever else the arguments say.
+            engine_kind="vllm",
         )
         if verdict.http_status is not None or found is None:
             raise AdapterRequestError(
