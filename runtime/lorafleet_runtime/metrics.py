@@ -59,6 +59,34 @@ class RuntimeMetrics:
         return {"adapter": label, **extra}
 
 
+class BatchMetrics:
+    """The PEFT engine's forward passes (engines/peft): how many rows and how many distinct
+    adapters (the base model not counted) each one ran. Recorded from the engine's batcher
+    thread."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self.forward_passes: Any = metrics.Counter(
+            _PREFIX + "batch_forward_passes", "Forward passes of the PEFT engine's batch"
+        )
+        self.adapters: Any = metrics.Histogram(
+            _PREFIX + "batch_adapters_per_forward",
+            "Distinct adapters mixed in one forward pass of the PEFT engine",
+            boundaries=[0.5, 1.5, 2.5, 3.5, 4.5, 8.5, 16.5, 32.5, 64.5],
+        )
+        self.rows: Any = metrics.Histogram(
+            _PREFIX + "batch_rows_per_forward",
+            "Sequences (batch rows) in one forward pass of the PEFT engine",
+            boundaries=[1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5, 128.5],
+        )
+
+    def record(self, rows: int, adapters: int) -> None:
+        self.forward_passes.inc()
+        self.adapters.observe(adapters)
+        self.rows.observe(rows)
+
+
 class RouterMetrics:
     """The request router's decisions (in the process that routes: each ingress replica).
     Labels are bounded: policy (3), tier (5), reason (7), adapter (top-K + other)."""

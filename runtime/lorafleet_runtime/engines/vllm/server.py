@@ -18,13 +18,13 @@ import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from ray import serve
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
 from ray.serve.llm.deployment import LLMServer
 
-from lorafleet_api.contract import RuntimeArgs
+from lorafleet_api.contract import EngineKind, RuntimeArgs
 from lorafleet_api.naming import split_model
 from lorafleet_runtime.adapters.disk_cache import (
     DEFAULT_CACHE_BYTES,
@@ -79,6 +79,9 @@ class ResidentAdapter:
 
 
 class LoraFleetServer(LLMServer):  # type: ignore[misc]
+    # Which adapters this server's engine can serve (lorafleet_api.adapter_support).
+    ENGINE_KIND: ClassVar[EngineKind] = "vllm"
+
     # Ray Serve awaits async constructors (LLMServer's is one); mypy does not know that.
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         args = runtime_args_of(llm_config)
@@ -244,8 +247,8 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
             name,
             found[0] if found else None,
             max_lora_rank=self._args.engine.max_lora_rank,
-            # This replica is a vLLM engine, whatever else the arguments say.
-            engine_kind="vllm",
+            # The engine this class runs, whatever else the arguments say.
+            engine_kind=self.ENGINE_KIND,
         )
         if verdict.http_status is not None or found is None:
             raise AdapterRequestError(
