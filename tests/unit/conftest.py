@@ -16,8 +16,7 @@ import yaml
 
 from lorafleet_testbed.toolchain import REPO_ROOT
 
-SHARED = REPO_ROOT.parent / "shared"
-RAYSERVICE_CRD = SHARED / "kuberay" / "crd" / "ray.io_rayservices.yaml"
+RAYSERVICE_CRD = REPO_ROOT / "tools" / "kuberay" / "crd" / "ray.io_rayservices.yaml"
 LORAMODEL_CRD = REPO_ROOT / "crds" / "lorafleet.dev_loramodels.yaml"
 GOLDEN_DIR = Path(__file__).parent / "golden"
 

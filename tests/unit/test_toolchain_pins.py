@@ -19,8 +19,8 @@ def test_every_version_the_build_script_reads_is_pinned() -> None:
     assert all(re.fullmatch(r"v\d+\.\d+\.\d+(-[0-9a-f.-]+)?", pins[k]) for k in used)
 
 
-def test_kuberay_crd_pin_matches_the_crds_in_shared() -> None:
-    source = (REPO_ROOT.parent / "shared" / "kuberay" / "SOURCE.md").read_text()
+def test_kuberay_crd_pin_matches_the_vendored_crds() -> None:
+    source = (REPO_ROOT / "tools" / "kuberay" / "SOURCE.md").read_text()
     tag = re.search(r"Tag: `(v[\d.]+)`", source)
     assert tag is not None
     pins = pinned_versions()

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-KUBERAY_CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay" / "crd"
+# KubeRay v1.7.0's CRDs, vendored (tools/kuberay/SOURCE.md).
+KUBERAY_CRD_DIR = REPO_ROOT / "tools" / "kuberay" / "crd"
 LORAFLEET_CRD_DIR = REPO_ROOT / "crds"
 
 # Only the controllers the tests rely on; the rest would burn CPU on a 2-core machine.
