@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from lorafleet_testbed.controlplane import ControlPlane
-from lorafleet_testbed.tinymodel import TINY_MODEL_ID
+from lorafleet_testbed.tinymodel import build_lora_adapter
 
 from .conftest import APP_NAME, MODEL_ID, Catalogs, Deployment, serve_lorafleet
 
@@ -36,36 +36,6 @@ DORA = "peft-dora"
 GONE = "peft-gone"
 
 
-def build_peft_adapter(base: Path, directory: Path, seed: int, **options: Any) -> Path:
-    """A LoRA adapter for the tiny model with PEFT ``options`` (``modules_to_save=["lm_head"]``
-    gets a visibly different head, so its rows cannot pass for the base model's)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    model: Any = get_peft_model(
-        Qwen2ForCausalLM.from_pretrained(base),
-        LoraConfig(
-            r=8,
-            lora_alpha=16,
-            target_modules=["q_proj", "v_proj"],
-            init_lora_weights=False,
-            **options,
-        ),
-    )
-    if options.get("modules_to_save"):
-        with torch.no_grad():
-            head = model.base_model.model.lm_head.modules_to_save["default"]
-            head.weight.add_(torch.randn_like(head.weight) * 0.5)
-    model.save_pretrained(directory, safe_serialization=True)
-    config_path = directory / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = TINY_MODEL_ID  # the catalog's baseModel
-    config_path.write_text(json.dumps(config))
-    return directory
-
-
 @pytest.fixture(scope="module")
 def deployment(
     catalogs: Catalogs, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
@@ -74,10 +44,10 @@ def deployment(
     built = catalogs.root / "built"
     base = catalogs.base_model
     folders = {
-        MODULES_TO_SAVE: build_peft_adapter(
-            base, built / MODULES_TO_SAVE, 3, modules_to_save=["lm_head"]
+        MODULES_TO_SAVE: build_lora_adapter(
+            base, built / MODULES_TO_SAVE, seed=3, modules_to_save=("lm_head",)
         ),
-        DORA: build_peft_adapter(base, built / DORA, 5, use_dora=True),
+        DORA: build_lora_adapter(base, built / DORA, seed=5, use_dora=True),
         GONE: catalogs.build_adapter(GONE, 4),
     }
     for name, folder in folders.items():

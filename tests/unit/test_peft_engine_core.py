@@ -44,32 +44,6 @@ PROMPTS = {
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 
 
-def build_modules_to_save_adapter(base: Path, directory: Path, seed: int) -> Path:
-    """A LoRA adapter that also replaces the whole lm_head (``modules_to_save``), with a
-    visibly different head so its rows cannot pass for the base model's."""
-    if (directory / "adapter_config.json").exists():
-        return directory
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    model: Any = get_peft_model(
-        Qwen2ForCausalLM.from_pretrained(base),
-        LoraConfig(
-            r=8,
-            lora_alpha=16,
-            target_modules=["q_proj", "v_proj"],
-            modules_to_save=["lm_head"],
-            init_lora_weights=False,
-        ),
-    )
-    with torch.no_grad():
-        head = model.base_model.model.lm_head.modules_to_save["default"]
-        head.weight.add_(torch.randn_like(head.weight) * 0.5)
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("peft-core")
@@ -78,7 +52,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for i in range(3):
         folders[f"a{i}"] = build_lora_adapter(base, root / f"a{i}", seed=40 + i)
     folders["a0-next"] = build_lora_adapter(base, root / "a0-next", seed=77)
-    folders["mts"] = build_modules_to_save_adapter(base, root / "mts", seed=50)
+    folders["mts"] = build_lora_adapter(base, root / "mts", seed=50, modules_to_save=("lm_head",))
     return folders
 
 

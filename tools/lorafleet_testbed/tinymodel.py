@@ -84,10 +84,13 @@ def build_lora_adapter(
     rank: int = 8,
     base_model_name: str = TINY_MODEL_ID,
     target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    modules_to_save: tuple[str, ...] = (),
+    use_dora: bool = False,
 ) -> Path:
     """Save a real PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) for
     the tiny model in ``directory``. ``init_lora_weights=False`` gives random B matrices, so
-    each adapter visibly changes the output."""
+    each adapter visibly changes the output. A module in ``modules_to_save`` (e.g. lm_head)
+    gets noise added to its copy, so rows using it cannot pass for the base model's."""
     if (directory / "adapter_config.json").exists():
         return directory
     import torch
@@ -105,9 +108,15 @@ def build_lora_adapter(
                 r=rank,
                 lora_alpha=2 * rank,
                 target_modules=list(target_modules),
+                modules_to_save=list(modules_to_save) or None,
+                use_dora=use_dora,
                 init_lora_weights=False,
             ),
         )
+    with torch.no_grad():
+        for name in modules_to_save:
+            copy = getattr(peft_model.base_model.model, name).modules_to_save["default"]
+            copy.weight.add_(torch.randn_like(copy.weight) * 0.5)
     peft_model.save_pretrained(directory, safe_serialization=True)
     # The base model was loaded from a temporary path; name it as users would.
     config_path = directory / "adapter_config.json"
