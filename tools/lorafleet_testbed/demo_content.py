@@ -89,7 +89,7 @@ def ask(base_url: str, model_id: str, adapters: list[str], *, max_tokens: int = 
             model=model, messages=question, max_tokens=max_tokens, temperature=0, seed=1
         )
         tokens = reply.usage.completion_tokens if reply.usage else "?"
-        lines.append(f"{model} ({tokens} tokens): {reply.choices[0].message.content!r}")
+        lines.append(f"{model} ({tokens} tokens): {_shown(reply.choices[0].message.content)}")
     if adapters:
         model = f"{model_id}:{adapters[-1]}"
         stream = client.chat.completions.create(
@@ -101,5 +101,14 @@ def ask(base_url: str, model_id: str, adapters: list[str], *, max_tokens: int = 
             stream=True,
         )
         pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
-        lines.append(f"{model} (streamed, {len(pieces)} chunks): {''.join(pieces)!r}")
+        lines.append(f"{model} (streamed, {len(pieces)} chunks): {_shown(''.join(pieces))}")
     return lines
+
+
+def _shown(text: str | None) -> str:
+    """The answer as printed: quoted, and said plainly when the random model's tokens have no
+    visible characters (special tokens are dropped when decoding), so '' does not look like a
+    failure."""
+    if text and text.strip():
+        return repr(text)
+    return f"{text or ''!r} (its tokens decode to no visible text: random weights)"
