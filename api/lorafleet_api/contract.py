@@ -11,6 +11,7 @@ adapter never changes ``serveConfigV2`` (a change there re-deploys the Serve app
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, get_args
 
@@ -57,14 +58,35 @@ MANAGED_ENGINE_KWARGS: Final[frozenset[str]] = frozenset(
         "gpu_memory_utilization",
         # The runtime's own worker extension (GPU-slot residency reports).
         "worker_extension_cls",
+        # `vllm serve` server options: Ray Serve owns the HTTP endpoint (port 8000) and
+        # lorafleet loads adapters from catalogs, never from a static list.
+        "host",
+        "port",
+        "lora_modules",
     }
 )
 
 
+# What vLLM's engine arguments are called as keyword arguments (AsyncEngineArgs fields).
+ENGINE_KWARG_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def engine_kwarg_name(key: str) -> str:
+    """The engine argument a key means, however it is spelled: ``--max-loras``,
+    ``--MAX_LORAS=4`` and ``max-loras`` all mean ``max_loras``."""
+    return key.strip().lstrip("-").split("=", 1)[0].strip().lower().replace("-", "_")
+
+
 def conflicting_engine_kwargs(keys: Iterable[str]) -> list[str]:
-    """The keys (as written, sorted) that name an engine argument lorafleet sets itself;
-    vLLM's CLI spelling with dashes counts too."""
-    return sorted(key for key in keys if key.replace("-", "_") in MANAGED_ENGINE_KWARGS)
+    """The keys (as written, sorted) that name an engine argument lorafleet sets itself, in
+    any spelling (vLLM's CLI flags with dashes, ``=value`` or upper case count too)."""
+    return sorted(key for key in keys if engine_kwarg_name(key) in MANAGED_ENGINE_KWARGS)
+
+
+def malformed_engine_kwargs(keys: Iterable[str]) -> list[str]:
+    """The keys (as written, sorted) that are not engine argument names (snake_case): vLLM
+    would refuse them as unexpected keyword arguments when the replica starts."""
+    return sorted(key for key in keys if not ENGINE_KWARG_NAME.fullmatch(key))
 
 
 class _Frozen(BaseModel):

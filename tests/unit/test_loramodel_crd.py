@@ -228,8 +228,43 @@ def test_crd_rules_and_operator_validation_use_the_same_patterns(
         model_module.BASE_MODEL_SOURCE,
         model_module.QUANTITY,
         model_module.MIG_RESOURCE_NAME,
+        model_module.IMAGE_REFERENCE,
     ):
         assert pattern.pattern in crd_text, pattern.pattern
+
+
+@pytest.mark.parametrize(
+    ("field", "bounds", "others"),
+    [
+        ("engine.maxLoras", (1, 256), {}),
+        ("engine.maxCpuLoras", (1, 4096), {"maxLoras": 1}),
+        ("engine.maxModelLen", (16, 16777216), {}),
+        ("engine.tensorParallelSize", (1, 64), {}),
+        ("replicas.min", (0, 1024), {}),
+        ("replicas.max", (0, 1024), {"min": 0}),
+    ],
+)
+def test_absurd_counts_are_refused_by_the_crd_and_the_model_alike(
+    loramodel_schema: dict[str, Any], field: str, bounds: tuple[int, int], others: dict[str, int]
+) -> None:
+    node = _spec_field(loramodel_schema, field)
+    assert (node["minimum"], node["maximum"]) == bounds
+    section, key = field.split(".")
+    low, high = bounds
+    for value, accepted in ((low - 1, False), (high, True), (high + 1, False)):
+        spec = {"baseModel": {"source": "org/model"}, section: {**others, key: value}}
+        try:
+            model_module.LoRAModelSpec.model_validate(spec)
+        except ValueError as error:
+            assert not accepted, (field, value, error)
+            assert f"{section}.{key}" in str(error)
+        else:
+            assert accepted, (field, value)
+
+
+def test_image_rule_has_the_models_message(loramodel_schema: dict[str, Any]) -> None:
+    (rule,) = _spec_field(loramodel_schema, "image")["x-kubernetes-validations"]
+    assert rule["message"] == model_module.IMAGE_MESSAGE
 
 
 def test_defaults_match_the_operators_models(loramodel_schema: dict[str, Any]) -> None:

@@ -79,8 +79,10 @@ def test_invalid_input_fails_with_a_message() -> None:
         }
     )
     result = _render("-f", "-", stdin=bad)
-    assert result.exit_code != 0
-    assert "LoRAModel m: spec.engine.maxLoras" in result.output
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: LoRAModel m: spec.engine.maxLoras: Input should be greater than or equal to 1\n"
+    )
 
     nothing = _render("-f", "-", stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     assert nothing.exit_code != 0
@@ -89,3 +91,24 @@ def test_invalid_input_fails_with_a_message() -> None:
     broken = _render("-f", "-", stdin="spec: [unclosed")
     assert broken.exit_code != 0
     assert "not valid YAML" in broken.output
+
+
+def test_render_refuses_what_the_api_server_refuses_with_the_same_words() -> None:
+    """The CRD's CEL messages (tests/integration/test_invalid_manifests.py applies the same
+    manifests to a real API server) and what `lorafleet render` says agree."""
+    model = {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "LoRAModel",
+        "metadata": {"name": "m"},
+        "spec": {"baseModel": {"source": "x/y"}, "image": "Lorafleet/Runtime:1"},
+    }
+    result = _render("-f", "-", stdin=yaml.safe_dump(model))
+    assert result.exit_code == 1
+    assert "spec.image: image must be a container image reference like " in result.output
+    model["spec"] = {"baseModel": {"source": "x/y"}, "engine": {"extraArgs": {"--MAX-LORAS": 2}}}
+    result = _render("-f", "-", stdin=yaml.safe_dump(model))
+    assert result.exit_code == 1
+    assert (
+        "spec.engine: engine.extraArgs may not set --MAX-LORAS: lorafleet sets max_loras from "
+        "engine.maxLoras; remove it from engine.extraArgs" in result.output
+    )

@@ -10,7 +10,14 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lorafleet_operator.errors import InvalidSpecError
 
@@ -33,6 +40,42 @@ _QUANTITY_FACTORS: Final = {
     "Ti": 1024**4,
 }
 _BUCKET = re.compile(r"^[a-z0-9][-a-z0-9._]{1,220}[a-z0-9]$")
+
+# The CRD's rules, word for word (a catalog read from a file gets the same answers).
+SYNC_INTERVAL_FORM: Final = re.compile(r"^([0-9]{1,3}h)?([0-9]{1,5}m)?([0-9]{1,6}s)?$")
+SYNC_INTERVAL_FORM_MESSAGE: Final = (
+    "syncInterval must be a duration in whole hours, minutes and seconds, e.g. 30s, 5m or "
+    "1h30m (no signs, fractions or other units)"
+)
+MIN_SYNC_INTERVAL_SECONDS: Final = 5
+MAX_SYNC_INTERVAL_SECONDS: Final = 168 * 3600
+SYNC_INTERVAL_RANGE_MESSAGE: Final = (
+    "syncInterval must be between 5s and 168h (e.g. 30s, 5m, 1h); to sync at once, change the "
+    "annotation lorafleet.dev/sync-requested"
+)
+# A file path with '//', '.' or '..' segments (it must be written normalised).
+_UNNORMALISED_PATH: Final = re.compile(r"//|/[.][.]?(/|$)")
+FILE_PATH_FORM_MESSAGE: Final = (
+    "source.uri file path must be normalised: no '//', '.' or '..' segments "
+    "(e.g. file:///mnt/adapters)"
+)
+# Folders a catalog may not be: the image's system folders, the kernel's, runtime state with
+# mounted Secrets, the kubelet's, and the runtime's adapter cache (see the CRD).
+_SYSTEM_FOLDER: Final = re.compile(
+    r"^/((bin|boot|dev|etc|lib|lib32|lib64|libx32|proc|root|run|sbin|sys|usr|var/run"
+    r"|var/lib/kubelet)(/|$)|$)|(^|/)lorafleet-adapters(/|$)"
+)
+SYSTEM_FOLDER_MESSAGE: Final = (
+    "source.uri must not be a system folder (/, /bin, /boot, /dev, /etc, /lib*, /proc, /root, "
+    "/run, /sbin, /sys, /usr, /var/run, /var/lib/kubelet) or the runtime's lorafleet-adapters "
+    "cache: mount the adapters' volume at a path of its own, e.g. file:///mnt/adapters"
+)
+# An fnmatch glob whose every '[' opens a closed character class.
+GLOB: Final = re.compile(r"^([^\[]|\[(!?\][^\]]*|![^\]]+|[^!\]][^\]]*)\])*$")
+GLOB_MESSAGE: Final = (
+    "include and exclude patterns must close every '[' with a ']' (fnmatch globs: *, ?, "
+    "[abc], [!abc]; write [[] for a literal '[')"
+)
 
 
 def parse_duration(text: str) -> float:
@@ -73,6 +116,10 @@ class StorageLocation(BaseModel):
         if scheme == "file":
             if parts.netloc or not parts.path.startswith("/"):
                 raise InvalidSpecError(f"file URIs need an absolute path (file:///mnt/x): {uri}")
+            if _UNNORMALISED_PATH.search(uri.removeprefix("file://")):
+                raise InvalidSpecError(FILE_PATH_FORM_MESSAGE)
+            if _SYSTEM_FOLDER.search(uri.removeprefix("file://")):
+                raise InvalidSpecError(SYSTEM_FOLDER_MESSAGE)
             path = parts.path.rstrip("/") + "/"
             return cls(scheme="file", bucket="", prefix=path)
         if scheme not in ("s3", "gs"):
@@ -111,6 +158,15 @@ class CatalogSource(BaseModel):
     region: str | None = None
     credentials_secret_ref: SecretRef | None = Field(default=None, alias="credentialsSecretRef")
 
+    @model_validator(mode="after")
+    def _check_file_options(self) -> CatalogSource:
+        if self.uri.startswith("file://"):
+            if self.credentials_secret_ref is not None:
+                raise ValueError("source.credentialsSecretRef is for s3:// and gs:// sources only")
+            if self.endpoint is not None:
+                raise ValueError("source.endpoint is for s3:// and gs:// sources only")
+        return self
+
     @property
     def location(self) -> StorageLocation:
         return StorageLocation.parse(self.uri)
@@ -129,8 +185,18 @@ class AdapterCatalogSpec(BaseModel):
     @field_validator("sync_interval")
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_duration(value)
+        if not value or not SYNC_INTERVAL_FORM.fullmatch(value):
+            raise ValueError(SYNC_INTERVAL_FORM_MESSAGE)
+        if not MIN_SYNC_INTERVAL_SECONDS <= parse_duration(value) <= MAX_SYNC_INTERVAL_SECONDS:
+            raise ValueError(SYNC_INTERVAL_RANGE_MESSAGE)
         return value
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _globs(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not GLOB.fullmatch(pattern) for pattern in patterns):
+            raise ValueError(GLOB_MESSAGE)
+        return patterns
 
     @field_validator("max_adapter_size")
     @classmethod
@@ -170,7 +236,8 @@ class AdapterCatalog(BaseModel):
             )
         except ValidationError as err:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in err.errors()
             )
             raise InvalidSpecError(f"invalid AdapterCatalog spec: {problems}") from err
         catalog.spec.source.location  # noqa: B018  (raises InvalidSpecError for a bad URI)

@@ -32,6 +32,8 @@ from lorafleet_api.contract import (
     MaxLoraRank,
     RouterPolicy,
     conflicting_engine_kwargs,
+    engine_kwarg_name,
+    malformed_engine_kwargs,
 )
 from lorafleet_api.naming import is_dns1035_label
 from lorafleet_operator.constants import MAX_LORAMODEL_NAME_LENGTH
@@ -56,6 +58,43 @@ QUANTITY: Final = re.compile(
 # KubeRay turns only these container resources into Ray GPUs (IsGPUResourceKey): names
 # ending in "gpu", and NVIDIA MIG slices.
 MIG_RESOURCE_NAME: Final = re.compile(r"^nvidia[.]com/mig-[0-9]+g[.][0-9]+gb$")
+# A container image reference (github.com/distribution/reference's grammar, as the CRD's CEL
+# rule writes it): the first component is a registry only with a '.', a port or as localhost.
+IMAGE_REFERENCE: Final = re.compile(
+    r"^((localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?([.][a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)+)"
+    r"(:[0-9]+)?/|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?:[0-9]+/)?"
+    r"[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*)*"
+    r"(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?"
+    r"(@[a-zA-Z][a-zA-Z0-9]*([-_+.][a-zA-Z][a-zA-Z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+IMAGE_MESSAGE: Final = (
+    "image must be a container image reference like "
+    "registry.example.com/team/lorafleet-runtime:1.2.3: no spaces or scheme, a lower-case "
+    "repository path, then an optional non-empty ':tag' and/or '@sha256:<digest>'"
+)
+# The CRD's bounds on engine and replica counts (values beyond them are typos: no replica
+# holds 100000 LoRA slots).
+MAX_MAX_LORAS: Final = 256
+MAX_MAX_CPU_LORAS: Final = 4096
+MIN_MAX_MODEL_LEN: Final = 16
+MAX_MAX_MODEL_LEN: Final = 16 * 1024 * 1024
+MAX_TENSOR_PARALLEL_SIZE: Final = 64
+MAX_REPLICAS: Final = 1024
+# The typed engine field that sets each managed engine argument, for the refusal message.
+_TYPED_FIELD_OF_KWARG: Final = {
+    "max_loras": "engine.maxLoras",
+    "max_lora_rank": "engine.maxLoraRank",
+    "max_cpu_loras": "engine.maxCpuLoras",
+    "max_model_len": "engine.maxModelLen",
+    "tensor_parallel_size": "engine.tensorParallelSize",
+    "dtype": "engine.dtype",
+    "gpu_memory_utilization": "engine.gpuMemoryUtilization",
+    "model": "baseModel.source",
+    "served_model_name": "modelId",
+    "host": "Ray Serve (its HTTP proxy)",
+    "port": "Ray Serve (its HTTP proxy, port 8000)",
+    "lora_modules": "spec.catalogs",
+}
 
 UpgradeType = Literal["NewCluster", "NewClusterWithIncrementalUpgrade", "None"]
 
@@ -133,11 +172,11 @@ class CatalogReference(_Spec):
 
 class EngineSpec(_Spec):
     kind: EngineKind = "vllm"
-    max_loras: int = Field(default=4, ge=1)
+    max_loras: int = Field(default=4, ge=1, le=MAX_MAX_LORAS)
     max_lora_rank: MaxLoraRank | None = None
-    max_cpu_loras: int | None = Field(default=None, ge=1)
-    max_model_len: int | None = Field(default=None, ge=1)
-    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_cpu_loras: int | None = Field(default=None, ge=1, le=MAX_MAX_CPU_LORAS)
+    max_model_len: int | None = Field(default=None, ge=MIN_MAX_MODEL_LEN, le=MAX_MAX_MODEL_LEN)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=MAX_TENSOR_PARALLEL_SIZE)
     dtype: Dtype = "auto"
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     extra_args: dict[str, JsonValue] = Field(default_factory=dict)
@@ -149,8 +188,15 @@ class EngineSpec(_Spec):
         managed = conflicting_engine_kwargs(self.extra_args)
         if managed:
             raise ValueError(
-                f"engine.extraArgs may not set {', '.join(managed)}: "
-                "use the typed engine fields instead"
+                f"engine.extraArgs may not set {', '.join(managed)}: lorafleet sets "
+                f"{', '.join(_managed_by(key) for key in managed)}; remove "
+                f"{'it' if len(managed) == 1 else 'them'} from engine.extraArgs"
+            )
+        malformed = malformed_engine_kwargs(self.extra_args)
+        if malformed:
+            raise ValueError(
+                f"engine.extraArgs keys must be vLLM engine argument names in snake_case, not "
+                f"command-line flags: write {', '.join(_suggest(key) for key in malformed)}"
             )
         if self.kind == "peft":
             # The CRD's CEL messages, word for word (`lorafleet render` reads files unchecked).
@@ -171,9 +217,21 @@ class EngineSpec(_Spec):
         return self
 
 
+def _managed_by(key: str) -> str:
+    name = engine_kwarg_name(key)
+    field = _TYPED_FIELD_OF_KWARG.get(name)
+    return f"{name} from {field}" if field else f"{name} itself"
+
+
+def _suggest(key: str) -> str:
+    """``--enforce-eager`` as the user should write it (``enforce_eager``), the value apart."""
+    name = engine_kwarg_name(key)
+    return f"{key!r} as {name!r}" if name else f"{key!r} as a snake_case name"
+
+
 class ReplicasSpec(_Spec):
-    min_replicas: int = Field(default=1, ge=0, alias="min")
-    max_replicas: int | None = Field(default=None, ge=0, alias="max")
+    min_replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS, alias="min")
+    max_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, alias="max")
     target_ongoing_requests: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -363,6 +421,13 @@ class LoRAModelSpec(_Spec):
     env: tuple[EnvVar, ...] = ()
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
+
+    @field_validator("image")
+    @classmethod
+    def _check_image(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_REFERENCE.fullmatch(value):
+            raise ValueError(IMAGE_MESSAGE)
+        return value
 
     @field_validator("model_id")
     @classmethod
