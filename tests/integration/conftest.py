@@ -3,9 +3,12 @@ runs in its pod), against the session's control plane."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -65,3 +68,54 @@ def condition(obj: dict[str, Any], condition_type: str) -> dict[str, Any]:
         if cond.get("type") == condition_type:
             return dict(cond)
     return {}
+
+
+class KillOnEvent:
+    """Watches a collection through the API (a raw watch, no polling delay) and SIGKILLs
+    ``pid`` on the first event ``predicate`` accepts: the kill lands within milliseconds of
+    the write that triggered it, before the writer's next request."""
+
+    def __init__(
+        self, plane: ControlPlane, path: str, pid: int, predicate: Callable[[dict[str, Any]], bool]
+    ) -> None:
+        assert plane.pki is not None
+        self.plane = plane
+        self.path = path
+        self.pid = pid
+        self.predicate = predicate
+        self.event: dict[str, Any] | None = None
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.ready.wait(15), "the watch did not start"
+
+    def _watch(self) -> None:
+        assert self.plane.pki is not None
+        ctx = ssl.create_default_context(cafile=str(self.plane.pki.ca_cert))
+        ctx.load_cert_chain(str(self.plane.pki.admin.cert), str(self.plane.pki.admin.key))
+        host, port = self.plane.server.removeprefix("https://").rsplit(":", 1)
+        conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=120)
+        listed = json.loads(self._get(conn, self.path))
+        version = listed["metadata"]["resourceVersion"]
+        sep = "&" if "?" in self.path else "?"
+        conn.request("GET", f"{self.path}{sep}watch=true&resourceVersion={version}")
+        response = conn.getresponse()
+        self.ready.set()
+        try:
+            for line in response:
+                event = json.loads(line)
+                if self.predicate(event):
+                    os.kill(self.pid, signal.SIGKILL)
+                    self.event = event
+                    return
+        finally:
+            self.done.set()
+            conn.close()
+
+    @staticmethod
+    def _get(conn: http.client.HTTPSConnection, path: str) -> bytes:
+        conn.request("GET", path)
+        return conn.getresponse().read()

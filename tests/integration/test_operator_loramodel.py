@@ -5,6 +5,7 @@ write RayService status the way KubeRay does."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import yaml
 from lorafleet_testbed.controlplane import ControlPlane
 from lorafleet_testbed.toolchain import REPO_ROOT
 
-from .conftest import OperatorProcess, condition, eventually, get_json
+from .conftest import KillOnEvent, OperatorProcess, condition, eventually, get_json
 
 EXAMPLE = REPO_ROOT / "examples" / "lora-model.yaml"
 
@@ -387,40 +388,86 @@ def test_an_invalid_spec_is_refused_before_the_operator_sees_it(
 def test_operator_killed_mid_reconcile_converges_after_restart(
     control_plane: ControlPlane, lorafleet_operator: OperatorProcess
 ) -> None:
+    """12 LoRAModels at once; the operator is killed -9 the moment the first RayService is
+    written (a watch, not a poll), so the rest are mid-flight: proved by what the API holds
+    right after the kill (nothing writes while the operator is dead). While it is down, a user
+    edits one model, adds one and deletes one; the restarted operator applies all of that and
+    leaves exactly one RayService per remaining LoRAModel."""
     count = 12
     ns = _namespace(control_plane, "op-restart")
-    docs = [
-        {
-            "apiVersion": "lorafleet.dev/v1alpha1",
-            "kind": "LoRAModel",
-            "metadata": {"name": f"m{i}", "namespace": ns},
-            "spec": {"baseModel": {"source": "Qwen/Qwen2.5-0.5B-Instruct"}},
-        }
-        for i in range(count)
-    ]
+    docs = [_minimal_model(f"m{i}", ns) for i in range(count)]
+    assert lorafleet_operator.proc is not None
+    watch = KillOnEvent(
+        control_plane,
+        f"/apis/ray.io/v1/namespaces/{ns}/rayservices",
+        lorafleet_operator.proc.pid,
+        lambda event: event["type"] == "ADDED",
+    )
+    watch.start()
     control_plane.kubectl(
         "apply", "-f", "-", input_text="\n---\n".join(json.dumps(d) for d in docs)
     )
-    # Kill as soon as the first RayService shows up: the rest are mid-flight.
-    eventually(
-        lambda: get_json(control_plane, "rayservices", "-n", ns).get("items"),
-        interval=0.05,
-        what="the first RayService",
-    )
+    assert watch.done.wait(60), "no RayService was created"
     lorafleet_operator.kill9()
+
+    def progress() -> tuple[int, int]:
+        services = get_json(control_plane, "rayservices", "-n", ns).get("items", [])
+        models = get_json(control_plane, "loramodels", "-n", ns).get("items", [])
+        statuses = sum(1 for m in models if m.get("status", {}).get("rayServiceName"))
+        return len(services), statuses
+
+    services_at_kill, statuses_at_kill = progress()
+    assert services_at_kill >= 1
+    assert (services_at_kill, statuses_at_kill) != (count, count), (
+        "the kill landed after every reconcile had finished: nothing was mid-flight"
+    )
+
+    # Edits while the operator is down: a spec change, a new model, a deleted model.
+    control_plane.kubectl(
+        "patch",
+        "loramodel",
+        "m0",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"engine": {"maxLoras": 12, "maxCpuLoras": 32}}}',
+    )
+    _apply(control_plane, _minimal_model("late", ns), ns)
+    control_plane.kubectl("delete", "loramodel", "m1", "-n", ns)
+    expected = sorted(["late", "m0", *(f"m{i}" for i in range(2, count))])
+
     lorafleet_operator.start()
 
     def converged() -> bool:
         services = get_json(control_plane, "rayservices", "-n", ns).get("items", [])
         models = get_json(control_plane, "loramodels", "-n", ns).get("items", [])
-        return len(services) == count and all(
-            m.get("status", {}).get("rayServiceName") for m in models
+        owners = sorted(s["metadata"]["ownerReferences"][0]["name"] for s in services)
+        m0 = _rayservice_for(control_plane, ns, "m0")
+        return (
+            owners == expected
+            and all(m.get("status", {}).get("rayServiceName") for m in models)
+            and bool(m0)
+            and _serve_args(m0)["engine"]["max_loras"] == 12
         )
 
-    eventually(converged, timeout=120, what=f"{count} RayServices and {count} statuses")
+    eventually(converged, timeout=120, what=f"one RayService per LoRAModel: {expected}")
     services = get_json(control_plane, "rayservices", "-n", ns)["items"]
     owners = sorted(s["metadata"]["ownerReferences"][0]["name"] for s in services)
-    assert owners == sorted(f"m{i}" for i in range(count)), "a duplicate or missing RayService"
+    assert owners == expected, "a duplicate, missing or deleted model's RayService"
+    print(
+        f"\n[kill -9 mid LoRAModel reconcile] at the kill {services_at_kill}/{count} "
+        f"RayServices, {statuses_at_kill}/{count} statuses"
+    )
+
+
+def _minimal_model(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "LoRAModel",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"baseModel": {"source": "Qwen/Qwen2.5-0.5B-Instruct"}},
+    }
 
 
 def test_a_deleted_rayservice_is_recreated_and_no_finalizer_blocks_deletion(
@@ -456,10 +503,13 @@ def test_a_deleted_rayservice_is_recreated_and_no_finalizer_blocks_deletion(
 
 
 def test_the_drift_check_repairs_what_no_event_reported(
-    control_plane: ControlPlane, tmp_path: Path
+    control_plane: ControlPlane, lorafleet_operator: OperatorProcess, tmp_path: Path
 ) -> None:
     """A RayService whose labels were stripped no longer sends the operator events; the drift
-    check (every 2 s here) still finds the tampered spec hash and applies our object again."""
+    check (every 2 s here) still finds the tampered spec hash and applies our object again.
+    The module's operator (drift check every 60 s) is stopped meanwhile, so the repair is this
+    operator's drift check: it comes well before 60 s and this operator's log shows it."""
+    lorafleet_operator.stop()
     operator = OperatorProcess(control_plane.kubeconfig, tmp_path, drift_check_seconds=2)
     operator.start()
     try:
@@ -467,6 +517,10 @@ def test_the_drift_check_repairs_what_no_event_reported(
         _apply(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
         rs = eventually(lambda: _rayservice_for(control_plane, ns, "qwen-mini"), what="RayService")
         name = rs["metadata"]["name"]
+        applied = f"Applied RayService {ns}/{name}"
+        # The create's own reconcile has logged its apply before the tampering starts.
+        eventually(lambda: applied in operator.log_text(), what="the create to be logged")
+        applies_before = operator.log_text().count(applied)
         control_plane.kubectl(
             "label",
             "rayservice",
@@ -485,16 +539,28 @@ def test_the_drift_check_repairs_what_no_event_reported(
             ns,
             "lorafleet.dev/spec-hash=tampered",
         )
+        tampered = time.monotonic()
         repaired = eventually(
             lambda: (
                 (r := get_json(control_plane, "rayservice", name, "-n", ns))
                 and r["metadata"]["annotations"]["lorafleet.dev/spec-hash"] != "tampered"
                 and r
             ),
-            timeout=60,
+            timeout=20,
+            interval=0.2,
             what="the drift check to re-apply the RayService",
         )
+        repair_seconds = time.monotonic() - tampered
         assert repaired["metadata"]["labels"]["lorafleet.dev/loramodel"] == "qwen-mini"
+        # Well within a few 2 s periods, far from the 60 s default anyone else would use.
+        assert repair_seconds < 15, repair_seconds
+        eventually(
+            lambda: operator.log_text().count(applied) > applies_before,
+            timeout=10,
+            what="this operator to log the re-apply",
+        )
         assert "Drift check of LoRAModel" not in operator.log_text()
+        print(f"\n[drift check, 2 s] tampered RayService repaired in {repair_seconds:.1f} s")
     finally:
         operator.stop()
+        lorafleet_operator.start()

@@ -149,6 +149,11 @@ class ControlPlane:
         self.kubeconfig = data_dir / "kubeconfig"
         self.server = ""
         self.pki: ClusterPKI | None = None
+        # How each process was started, so a fault test can kill one and start it again
+        # exactly so (same ports, data directory and certificates).
+        self._argv: dict[str, list[str]] = {}
+        self._detach = False
+        self._etcd_url = ""
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -196,6 +201,8 @@ class ControlPlane:
         self.pki = pki = create_pki(self.data_dir / "pki")
         etcd_port, etcd_peer_port, api_port = (process.free_port() for _ in range(3))
         etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self._etcd_url = etcd_url
+        self._detach = detach
 
         etcd = self._launch(
             "etcd",
@@ -314,7 +321,65 @@ class ControlPlane:
     def _launch(
         self, name: str, argv: list[str], logs: Path, *, detach: bool
     ) -> process.ManagedProcess:
+        self._argv[name] = argv
         return process.start(name, self._inside(argv), logs, detach=detach)
+
+    # ------------------------------------------------------------------ faults
+    def _process(self, name: str) -> process.ManagedProcess:
+        for proc in self.processes:
+            if proc.name == name:
+                return proc
+        raise KeyError(f"no {name} process in this control plane")
+
+    def _restart(self, name: str, down_seconds: float) -> process.ManagedProcess:
+        """SIGKILL ``name`` (a crash: no graceful shutdown), wait ``down_seconds``, then start
+        it again with the same command line (ports, data directory, certificates)."""
+        old = self._process(name)
+        old.popen.kill()
+        old.popen.wait(timeout=10)
+        time.sleep(down_seconds)
+        new = process.start(
+            name, self._inside(self._argv[name]), self.data_dir / "logs", detach=self._detach
+        )
+        self.processes[self.processes.index(old)] = new
+        return new
+
+    def _wait_api_ready(self, proc: process.ManagedProcess, timeout: float = 90) -> None:
+        ctx = self._ssl_context()
+        process.wait_until(
+            proc,
+            lambda: self.inside(
+                lambda: process.http_ok(f"{self.server}/readyz", ssl_context=ctx, expect_body=b"ok")
+            ),
+            timeout=timeout,
+            what="ready (/readyz)",
+        )
+
+    def api_ready(self) -> bool:
+        """Whether the API server answers /readyz with ok right now."""
+        ctx = self._ssl_context()
+        return self.inside(
+            lambda: process.http_ok(f"{self.server}/readyz", ssl_context=ctx, expect_body=b"ok")
+        )
+
+    def restart_apiserver(self, *, down_seconds: float = 0.0) -> None:
+        """Crash the API server and start it again on the same port; returns once it is
+        ready. Clients see refused connections meanwhile; their watches break."""
+        new = self._restart("kube-apiserver", down_seconds)
+        self._wait_api_ready(new)
+
+    def restart_etcd(self, *, down_seconds: float = 0.0) -> None:
+        """Crash etcd and start it again on the same ports and data directory; returns once
+        the API server (still running) is ready again. Meanwhile the API server answers, but
+        with errors; its watch caches resume from etcd afterwards."""
+        new = self._restart("etcd", down_seconds)
+        process.wait_until(
+            new,
+            lambda: self.inside(lambda: process.http_ok(f"{self._etcd_url}/health")),
+            timeout=30,
+            what="healthy",
+        )
+        self._wait_api_ready(self._process("kube-apiserver"))
 
     def inside(self, check: Callable[[], T]) -> T:
         """Run ``check`` where the control plane's loopback addresses are (its namespace)."""

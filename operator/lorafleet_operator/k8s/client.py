@@ -4,19 +4,26 @@ kinds lorafleet reads and writes. 404 becomes ``None``; other API errors become
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import datetime
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from lorafleet_api import names
 
 JsonObj = dict[str, Any]
+
+# What a request raises when the API server cannot be reached at all (restarting, network
+# down) instead of answering: connection refused or reset, a timeout. Not KubeApiError: there
+# is no answer to report. Loops that must outlive an outage catch these too.
+TRANSPORT_ERRORS: Final = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 _RAY = ("ray.io", "v1", "rayservices")
 

@@ -26,9 +26,14 @@ from typing import Any
 
 from lorafleet_api import names
 from lorafleet_operator.errors import InvalidSpecError, LorafleetError
-from lorafleet_operator.k8s.client import KubeApiError
+from lorafleet_operator.k8s.client import TRANSPORT_ERRORS, KubeApiError
 from lorafleet_operator.metrics import API_ERROR, CRASH
-from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec, parse_duration
+from lorafleet_operator.model.adaptercatalog import (
+    MAX_SYNC_INTERVAL_SECONDS,
+    MIN_SYNC_INTERVAL_SECONDS,
+    AdapterCatalogSpec,
+    parse_duration,
+)
 from lorafleet_operator.model.loramodel import SpecWarning
 from lorafleet_operator.reconcile.adaptercatalog import (
     SyncOutcome,
@@ -199,17 +204,28 @@ async def drift_loop(state: OperatorState, logger: Logger) -> None:
     deleted behind our back, or a missed watch event, is repaired within one period."""
     while True:
         await asyncio.sleep(state.config.drift_check_seconds)
-        for model in await list_watched(state.kube, *LORAMODELS, state.namespaces, logger):
-            await reconcile_model_quietly(state, model, logger)
+        # Nothing may end this loop (it runs outside kopf: an exception would stop every
+        # later drift check silently); the next pass tries again.
+        try:
+            for model in await list_watched(state.kube, *LORAMODELS, state.namespaces, logger):
+                await reconcile_model_quietly(state, model, logger)
+        except Exception:
+            logger.exception(
+                "Drift check pass failed; the next starts in %s s",
+                state.config.drift_check_seconds,
+            )
 
 
 # ---------------------------------------------------------------- AdapterCatalogs
 def _sync_interval(body: Mapping[str, Any]) -> float:
     try:
         raw = (body.get("spec") or {}).get("syncInterval")
-        return parse_duration(raw or AdapterCatalogSpec.model_fields["sync_interval"].default)
+        seconds = parse_duration(raw or AdapterCatalogSpec.model_fields["sync_interval"].default)
     except ValueError:
         return BACKOFF_MAX_SECONDS
+    # A catalog stored before the CRD bounded syncInterval may say 0s: never list (or warn
+    # about an invalid spec) without pause.
+    return min(max(seconds, MIN_SYNC_INTERVAL_SECONDS), MAX_SYNC_INTERVAL_SECONDS)
 
 
 async def sync_catalog(state: OperatorState, body: Mapping[str, Any], logger: Logger) -> None:
@@ -312,22 +328,42 @@ async def catalog_loop(state: OperatorState, logger: Logger) -> None:
     (each bounds its own storage requests)."""
     while True:
         await asyncio.sleep(state.config.catalog_tick_seconds)
-        catalogs = await list_watched(state.kube, *CATALOGS, state.namespaces, logger)
-        now = time.monotonic()
-        due = [
-            catalog
-            for catalog in catalogs
-            if not catalog["metadata"].get("deletionTimestamp")
-            and state.catalog_schedules.is_due(object_key(catalog), now)
-        ]
-        results = await asyncio.gather(
-            *(sync_catalog(state, catalog, logger) for catalog in due), return_exceptions=True
-        )
-        for catalog, result in zip(due, results, strict=True):
-            if isinstance(result, Exception):
-                # A bug in one sync must not stop the loop for every catalog.
-                key = object_key(catalog)
-                logger.error("Sync of AdapterCatalog %s/%s crashed: %r", *key, result)
-                state.catalog_schedules.failed(
-                    key, time.monotonic(), retry_after=state.catalog_schedules.max_backoff_seconds
-                )
+        # Nothing may end this loop (it runs outside kopf: an exception would stop every
+        # later sync silently); the next tick tries again.
+        try:
+            await _sync_due_catalogs(state, logger)
+        except Exception:
+            logger.exception("Catalog sync pass failed; the next starts at the next tick")
+
+
+async def _sync_due_catalogs(state: OperatorState, logger: Logger) -> None:
+    catalogs = await list_watched(state.kube, *CATALOGS, state.namespaces, logger)
+    now = time.monotonic()
+    due = [
+        catalog
+        for catalog in catalogs
+        if not catalog["metadata"].get("deletionTimestamp")
+        and state.catalog_schedules.is_due(object_key(catalog), now)
+    ]
+    results = await asyncio.gather(
+        *(sync_catalog(state, catalog, logger) for catalog in due), return_exceptions=True
+    )
+    for catalog, result in zip(due, results, strict=True):
+        if isinstance(result, TRANSPORT_ERRORS):
+            # The API server went away mid-sync (a restart): retry with the usual backoff,
+            # not the long one kept for bugs.
+            key = object_key(catalog)
+            delay = state.catalog_schedules.failed(key, time.monotonic())
+            logger.warning(
+                "Sync of AdapterCatalog %s/%s lost the API server, retrying in %.0f s: %r",
+                *key,
+                delay,
+                result,
+            )
+        elif isinstance(result, Exception):
+            # A bug in one sync must not stop the loop for every catalog.
+            key = object_key(catalog)
+            logger.error("Sync of AdapterCatalog %s/%s crashed: %r", *key, result)
+            state.catalog_schedules.failed(
+                key, time.monotonic(), retry_after=state.catalog_schedules.max_backoff_seconds
+            )

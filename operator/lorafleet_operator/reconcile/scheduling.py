@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from lorafleet_operator.k8s.client import JsonObj, KubeApiError, KubeClient
+from lorafleet_operator.k8s.client import TRANSPORT_ERRORS, JsonObj, KubeApiError, KubeClient
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -94,12 +94,13 @@ async def list_watched(
     logger: Logger,
 ) -> list[JsonObj]:
     """Every object of a kind in the watched namespaces (all when none are named). A
-    namespace whose listing fails is logged and skipped: the next pass tries again."""
+    namespace whose listing fails (an API error, or no API server to answer: it restarts)
+    is logged and skipped: the next pass tries again."""
     items: list[JsonObj] = []
     scopes: list[str | None] = [*namespaces] if namespaces else [None]
     for namespace in scopes:
         try:
             items.extend(await kube.list(group, version, plural, namespace))
-        except KubeApiError as err:
+        except (KubeApiError, *TRANSPORT_ERRORS) as err:
             logger.warning("Listing %s failed: %s", plural, err)
     return items
