@@ -62,17 +62,43 @@ def split_model(model: str, model_id: str) -> tuple[bool, str | None]:
     return True, model[len(prefix) :]
 
 
+# Prefixes that name a Hugging Face Hub repository rather than a path.
+_HUB_PREFIXES: Final = ("hf://", "https://huggingface.co/", "http://huggingface.co/")
+
+
+def base_model_key(name: str) -> tuple[bool, str]:
+    """``(is_path, key)``: how :func:`same_base_model` compares ``name``.
+
+    Hub ids are case-insensitive (the Hub resolves ``qwen/qwen2.5-0.5b-instruct`` to
+    ``Qwen/Qwen2.5-0.5B-Instruct``): the key is the id in lower case, without an ``hf://`` or
+    ``https://huggingface.co/`` prefix and without trailing slashes. A local path (starting
+    with ``/`` or ``.``) keys as its last component in lower case."""
+    spelled = name.strip()
+    for prefix in _HUB_PREFIXES:
+        if spelled.lower().startswith(prefix):
+            spelled = spelled[len(prefix) :]
+            break
+    else:
+        if spelled.startswith(("/", ".")):
+            return True, spelled.rstrip("/").rsplit("/", 1)[-1].lower()
+    return False, spelled.rstrip("/").lower()
+
+
 def same_base_model(expected: str, actual: str) -> bool:
     """Whether an adapter trained on ``actual`` fits the base model ``expected``.
 
-    Equal names match. A local path on either side (``/models/Qwen2.5-0.5B``, a mounted copy)
-    names the same model as a hub id (``Qwen/Qwen2.5-0.5B``) when the last components agree:
-    adapters are usually trained on the hub id and served from a mounted copy."""
+    Hub ids match case-insensitively, with or without ``hf://`` and trailing slashes (see
+    :func:`base_model_key`). A local path on either side (``/models/Qwen2.5-0.5B``, a mounted
+    copy) names the same model as a hub id (``Qwen/Qwen2.5-0.5B``) when the last components
+    agree: adapters are usually trained on the hub id and served from a mounted copy. Two hub
+    ids of different owners (``Qwen/x`` and ``Other/x``) are different models."""
     if expected == actual:
         return True
-    if expected.startswith(("/", ".")) or actual.startswith(("/", ".")):
-        return expected.rstrip("/").rsplit("/", 1)[-1] == actual.rstrip("/").rsplit("/", 1)[-1]
-    return False
+    expected_path, expected_key = base_model_key(expected)
+    actual_path, actual_key = base_model_key(actual)
+    if expected_path or actual_path:
+        return expected_key.rsplit("/", 1)[-1] == actual_key.rsplit("/", 1)[-1]
+    return expected_key == actual_key
 
 
 def is_dns1035_label(name: str) -> bool:

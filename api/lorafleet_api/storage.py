@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from pathlib import Path
+from typing import IO, Any, Final
 
 # The reasons (status conditions in the operator, error types in HTTP 503 bodies).
 NOT_FOUND: Final = "NotFound"
@@ -65,6 +69,50 @@ def os_error_reason(err: BaseException) -> str | None:
     if isinstance(err, OSError):
         return UNREACHABLE
     return None
+
+
+class LinkRefusedError(PermissionError):
+    """A path in a mounted folder goes through a symbolic link (or names something that is not
+    a regular file): refused like a permission problem (AccessDenied), never followed."""
+
+
+def open_below(root: Path, relative: str) -> IO[bytes]:
+    """Open the regular file ``relative`` (``/``-separated) below ``root`` for reading,
+    following no symbolic link below ``root`` (each component is opened relative to its
+    parent with ``O_NOFOLLOW``, so a link swapped in after a check is refused too). ``root``
+    itself may sit behind links. LinkRefusedError for a link, ``..``, or a FIFO/device (a FIFO
+    would block the reader forever); other OSErrors as the OS raises them."""
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise LinkRefusedError(f"{relative!r} is not a plain path below the folder")
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=folder)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise LinkRefusedError(
+                        f"{relative}: {part} is a symbolic link or not a folder (not followed)"
+                    ) from None
+                raise
+            os.close(folder)
+            folder = inner
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; cleared below.
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NONBLOCK | nofollow, dir_fd=folder)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise LinkRefusedError(f"{relative} is a symbolic link (not followed)") from None
+            raise
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LinkRefusedError(f"{relative} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 class CredentialsError(ValueError):

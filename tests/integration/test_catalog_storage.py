@@ -40,7 +40,10 @@ from lorafleet_testbed.adapter_trees import (
     tree_files,
     upload_gcs,
     upload_s3,
+    write_base_model_spellings,
     write_catalog_tree,
+    write_link_kinds,
+    write_weight_kinds,
 )
 from lorafleet_testbed.storage import FakeGcsServer, MinioServer
 
@@ -120,13 +123,27 @@ def emulator_env(gcs: FakeGcsServer) -> Iterator[None]:
 
 
 def test_local_folder_real_adapters_valid_and_every_broken_kind_reported(
-    tree: tuple[Path, dict[str, str | None]],
+    tree: tuple[Path, dict[str, str | None]], tmp_path: Path
 ) -> None:
-    root, expected = tree
+    shared, expected = tree
+    # A copy with what only a mounted folder holds (symbolic links) or checks (weight files'
+    # safetensors headers), and adapters trained on other spellings of the base model (valid;
+    # kept out of the shared tree's counts).
+    root = tmp_path / "loras"
+    shutil.copytree(shared, root, symlinks=True)
+    expected = {
+        **expected,
+        **write_link_kinds(root, tmp_path / "outside"),
+        **write_weight_kinds(root),
+        **write_base_model_spellings(root),
+    }
     result = _scan(_spec(f"file://{root}"))
     assert _reasons(result) == expected
-    assert len({r for r in expected.values() if r}) >= 15
+    assert len({r for r in expected.values() if r}) >= 18
     assert result.stray_files == 2
+    # Nothing behind a link reached the index: /etc/passwd's size is not a file size there.
+    linked = {r.name: r for r in result.records}["link-to-passwd"]
+    assert "adapter_model.safetensors" not in {f.name for f in linked.files}
     support = {r.name: r for r in result.records}["support-v2"]
     assert (support.rank, support.alpha, support.peft_type) == (16, 32.0, "LORA")
     assert support.target_modules == ("q_proj", "v_proj")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,14 +14,23 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from lorafleet_api.catalog_index import AdapterRecord
 from lorafleet_api.storage import StorageCredentials
 from lorafleet_runtime.adapters.disk_cache import PARTIAL_PREFIX, AdapterDiskCache
-from lorafleet_runtime.adapters.remote_files import CatalogStorage, open_file_source
+from lorafleet_runtime.adapters.remote_files import (
+    AdapterStorageError,
+    CatalogStorage,
+    open_file_source,
+)
+from lorafleet_testbed.adapter_trees import safetensors_bytes
 from lorafleet_testbed.storage import MinioServer
 
 BUCKET = "killed-download"
-WEIGHTS = 8 * 1024 * 1024
+# 8 MiB of tensor bytes in a safetensors file: the cache loads nothing else.
+BODY = safetensors_bytes(os.urandom(8 * 1024 * 1024))
+WEIGHTS = len(BODY)
 
 # The child downloads with a source that pauses after every chunk, so the kill lands mid-way.
 CHILD = textwrap.dedent(
@@ -61,9 +71,7 @@ def test_killed_download_leaves_nothing_loadable(minio: MinioServer, tmp_path: P
     s3.create_bucket(Bucket=BUCKET)
     config = b'{"r": 8, "peft_type": "LORA"}'
     s3.put_object(Bucket=BUCKET, Key="loras/big/adapter_config.json", Body=config)
-    s3.put_object(
-        Bucket=BUCKET, Key="loras/big/adapter_model.safetensors", Body=os.urandom(WEIGHTS)
-    )
+    s3.put_object(Bucket=BUCKET, Key="loras/big/adapter_model.safetensors", Body=BODY)
     record = AdapterRecord.model_validate(
         {
             "name": "big",
@@ -125,3 +133,45 @@ def test_killed_download_leaves_nothing_loadable(minio: MinioServer, tmp_path: P
     )
     report = asyncio.run(store.ensure(record, source))
     assert (report.adapter.path / "adapter_model.safetensors").stat().st_size == WEIGHTS
+
+
+def test_a_non_safetensors_weight_file_from_s3_never_reaches_the_engine(
+    minio: MinioServer, tmp_path: Path
+) -> None:
+    # S3 catalogs do not read weight files (a GET per adapter): the catalog called this one
+    # valid, and the download is where it is refused, before anything is renamed into place.
+    s3 = minio.s3_client()
+    bucket = "pickled-" + os.urandom(4).hex()
+    s3.create_bucket(Bucket=bucket)
+    config = b'{"r": 8, "peft_type": "LORA", "target_modules": ["q_proj"]}'
+    pickled = pickle.dumps({"lora_A": [0.0] * 4096}, protocol=2)
+    s3.put_object(Bucket=bucket, Key="loras/p/adapter_config.json", Body=config)
+    s3.put_object(Bucket=bucket, Key="loras/p/adapter_model.safetensors", Body=pickled)
+    record = AdapterRecord.model_validate(
+        {
+            "name": "p",
+            "uri": f"s3://{bucket}/loras/p/",
+            "revision": "r1",
+            "valid": True,
+            "rank": 8,
+            "files": [
+                {"name": "adapter_config.json", "size": len(config)},
+                {"name": "adapter_model.safetensors", "size": len(pickled)},
+            ],
+            "sizeBytes": len(config) + len(pickled),
+        }
+    )
+    credentials = StorageCredentials(
+        secret_name="test/minio",
+        data={"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key},
+    )
+    source = open_file_source(
+        CatalogStorage(record.uri, minio.endpoint, minio.region, credentials=credentials)
+    )
+    store = AdapterDiskCache(tmp_path / "cache", tries=3)
+    with pytest.raises(AdapterStorageError) as err:
+        asyncio.run(store.ensure(record, source))
+    assert err.value.reason == "WeightsNotSafetensors"
+    assert "safetensors header" in err.value.message
+    assert minio.secret_key not in err.value.message
+    assert store.cached() == [] and list((tmp_path / "cache").iterdir()) == []

@@ -24,13 +24,15 @@ from lorafleet_runtime.adapters.remote_files import (
     CatalogStorage,
     LocalFileSource,
 )
+from lorafleet_testbed.adapter_trees import safetensors_bytes
 
 
 def _adapter(root: Path, name: str, payload: bytes) -> AdapterRecord:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "adapter_config.json").write_text('{"r": 8}')
-    (folder / "adapter_model.safetensors").write_bytes(payload)
+    # The store hands nothing but safetensors files to the engine: wrap the test's bytes.
+    (folder / "adapter_model.safetensors").write_bytes(safetensors_bytes(payload))
     files = [{"name": p.name, "size": p.stat().st_size} for p in sorted(folder.iterdir())]
     return AdapterRecord.model_validate(
         {
@@ -61,7 +63,8 @@ def test_download_is_verified_and_renamed_into_place(tmp_path: Path) -> None:
     store = AdapterDiskCache(tmp_path / "cache")
     report = asyncio.run(store.ensure(record, LocalFileSource()))
     assert report.downloaded_bytes == record.size_bytes
-    assert (report.adapter.path / "adapter_model.safetensors").read_bytes() == b"w" * 100
+    weights = (report.adapter.path / "adapter_model.safetensors").read_bytes()
+    assert weights == safetensors_bytes(b"w" * 100)
     assert not list((tmp_path / "cache").glob(PARTIAL_PREFIX + "*"))
 
 
@@ -124,7 +127,8 @@ def test_new_revision_replaces_the_old_folder(tmp_path: Path) -> None:
     new = asyncio.run(store.ensure(new_record, LocalFileSource()))
     assert new.adapter.path != old.adapter.path
     assert not old.adapter.path.exists()
-    assert (new.adapter.path / "adapter_model.safetensors").read_bytes() == b"new-weights!"
+    weights = (new.adapter.path / "adapter_model.safetensors").read_bytes()
+    assert weights == safetensors_bytes(b"new-weights!")
 
 
 def test_disk_cache_is_bounded_in_bytes_and_spares_pinned_adapters(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from lorafleet_operator.adapters.changes import IndexChanges, compare_records
 from lorafleet_operator.adapters.listing import (
     CONFIG_FILE,
+    LINK_INSIDE,
+    LINK_OUTSIDE,
     AdapterFolder,
     FolderListing,
     StoredObject,
@@ -14,11 +16,14 @@ from lorafleet_operator.adapters.listing import (
 from lorafleet_operator.adapters.validation import (
     MAX_CONFIG_BYTES,
     REASONS,
+    refuse_name_clashes,
     validate_adapter,
 )
 
 __all__ = [
     "CONFIG_FILE",
+    "LINK_INSIDE",
+    "LINK_OUTSIDE",
     "MAX_CONFIG_BYTES",
     "REASONS",
     "AdapterFolder",
@@ -27,5 +32,6 @@ __all__ = [
     "StoredObject",
     "compare_records",
     "group_folders",
+    "refuse_name_clashes",
     "validate_adapter",
 ]

@@ -11,22 +11,34 @@ engine, so one catalog can feed a vLLM model and a PEFT model."""
 
 from __future__ import annotations
 
-import json
 import math
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any, Final, cast
 
+from lorafleet_api.adapter_files import (
+    MAX_CONFIG_BYTES,
+    SAFETENSORS_FILE,
+    WEIGHT_FILES,
+    config_too_large,
+    parse_config,
+    safetensors_problem,
+)
 from lorafleet_api.adapter_support import VARIANT_DORA
 from lorafleet_api.catalog_index import AdapterFile, AdapterRecord
 from lorafleet_api.naming import invalid_adapter_name_reason, same_base_model
-from lorafleet_operator.adapters.listing import CONFIG_FILE, AdapterFolder
+from lorafleet_operator.adapters.listing import CONFIG_FILE, LINK_OUTSIDE, AdapterFolder
 
-# adapter_config.json files are a few hundred bytes; a larger one is not a PEFT config, and
-# reading it would let one folder cost the operator memory.
-MAX_CONFIG_BYTES: Final = 1024 * 1024
-WEIGHT_FILES: Final = ("adapter_model.safetensors", "adapter_model.bin")
+# MAX_CONFIG_BYTES is re-exported: the scan never reads more of a config (lorafleet_api's
+# adapter_files holds the limit for both sides).
+__all__ = ["MAX_CONFIG_BYTES", "REASONS", "refuse_name_clashes", "validate_adapter"]
+
+NAME_CLASH: Final = "NameClash"
 
 REASONS: Final[dict[str, str]] = {
     "NameInvalid": "the folder name cannot be used in <modelId>:<adapter>",
+    NAME_CLASH: "another folder of the catalog has the same name but for case",
+    "Symlink": "a file:// catalog's adapter folder is or holds a symbolic link",
     "TooLarge": "the folder's files add up to more than spec.maxAdapterSize",
     "Nested": "adapter files are in a deeper subfolder, not at the top of the adapter folder",
     "ConfigMissing": "no adapter_config.json",
@@ -41,6 +53,8 @@ REASONS: Final[dict[str, str]] = {
     "TargetModulesMissing": "target_modules is missing or empty",
     "WeightsMissing": "no adapter_model.safetensors or adapter_model.bin",
     "WeightsEmpty": "the weight file is empty",
+    "WeightsUnreadable": "adapter_model.safetensors was listed but could not be read",
+    "WeightsNotSafetensors": "adapter_model.safetensors is not a safetensors file",
     "BaseModelMismatch": "base_model_name_or_path is not the catalog's baseModel",
 }
 
@@ -62,11 +76,16 @@ def validate_adapter(
     base_model: str | None,
     max_adapter_bytes: int,
     config_unreadable: str | None = None,
+    weights_head: bytes | None = None,
+    weights_unreadable: str | None = None,
 ) -> AdapterRecord:
     """The index record of ``folder``.
 
     ``config`` is the content of its adapter_config.json, None when it was not read (absent,
-    too large, or ``config_unreadable`` says why not)."""
+    too large, or ``config_unreadable`` says why not). ``weights_head`` is the start of its
+    adapter_model.safetensors (``SAFETENSORS_HEAD_BYTES``), checked as far as it goes; None
+    when not read (then the runtime's check after the download is the only one), or
+    ``weights_unreadable`` says why it could not be."""
     files = tuple(
         AdapterFile(name=name, size=stored.size) for name, stored in sorted(folder.files.items())
     )
@@ -84,6 +103,15 @@ def validate_adapter(
     name_problem = invalid_adapter_name_reason(folder.name)
     if name_problem is not None:
         return invalid("NameInvalid", name_problem)
+    if folder.links:
+        link = folder.links[0]
+        what = f"{folder.name}/{link.key}" if link.key else f"the folder {folder.name}"
+        where = "outside the catalog's folder" if link.link == LINK_OUTSIDE else "in the catalog"
+        return invalid(
+            "Symlink",
+            f"{what} is a symbolic link to a path {where}; links in a mounted catalog are "
+            "never followed",
+        )
     if folder.size_bytes > max_adapter_bytes:
         return invalid(
             "TooLarge",
@@ -100,16 +128,17 @@ def validate_adapter(
                 "subfolder of the catalog with adapter_config.json at its top",
             )
         return invalid("ConfigMissing", f"no {CONFIG_FILE} in the folder")
-    if config_file.size > MAX_CONFIG_BYTES:
-        return invalid(
-            "ConfigTooLarge", f"{CONFIG_FILE} is {config_file.size} bytes (at most 1 MiB)"
-        )
+    too_large = config_too_large(config_file.size)
+    if too_large is not None:
+        return invalid("ConfigTooLarge", too_large)
     if config is None:
         return invalid("ConfigUnreadable", config_unreadable or f"{CONFIG_FILE} was not read")
-    try:
-        parsed = json.loads(config)
-    except (ValueError, UnicodeDecodeError) as err:
-        return invalid("ConfigNotJson", f"{CONFIG_FILE} is not valid JSON: {err}")
+    too_large = config_too_large(len(config))  # rewritten larger since the listing
+    if too_large is not None:
+        return invalid("ConfigTooLarge", too_large)
+    parsed, not_json = parse_config(config)
+    if not_json is not None:
+        return invalid("ConfigNotJson", not_json)
     if not isinstance(parsed, dict):
         return invalid("ConfigNotObject", f"{CONFIG_FILE} holds a {type(parsed).__name__}")
 
@@ -157,6 +186,17 @@ def validate_adapter(
         )
     if all(folder.files[name].size == 0 for name in weights):
         return invalid("WeightsEmpty", f"{weights[0]} is empty (0 bytes)", **known)
+    safetensors = folder.files.get(SAFETENSORS_FILE)
+    if safetensors is not None and safetensors.size > 0:
+        if weights_unreadable is not None:
+            return invalid("WeightsUnreadable", weights_unreadable, **known)
+        problem = (
+            safetensors_problem(weights_head, safetensors.size)
+            if weights_head is not None
+            else None
+        )
+        if problem is not None:
+            return invalid("WeightsNotSafetensors", problem, **known)
     if base_model is not None and (
         adapter_base is None or not same_base_model(base_model, str(adapter_base))
     ):
@@ -166,3 +206,34 @@ def validate_adapter(
             **known,
         )
     return AdapterRecord(valid=True, **base, **known)
+
+
+def refuse_name_clashes(records: Iterable[AdapterRecord]) -> list[AdapterRecord]:
+    """``records`` with every adapter whose name equals another's but for case ("Billing" and
+    "billing") made invalid (NameClash), all of them: which one a client meant by
+    ``<modelId>:billing`` is not for the listing order to decide, and case-insensitive disks
+    would hold one folder for both. Checked right after NameInvalid (a name that is invalid
+    anyway keeps that reason and clashes with nothing)."""
+    records = list(records)
+    groups: defaultdict[str, list[str]] = defaultdict(list)
+    for record in records:
+        if record.reason != "NameInvalid":
+            groups[record.name.casefold()].append(record.name)
+    result = []
+    for record in records:
+        names = groups.get(record.name.casefold(), [])
+        if record.reason == "NameInvalid" or len(names) < 2:
+            result.append(record)
+            continue
+        others = ", ".join(repr(n) for n in sorted(names) if n != record.name)
+        result.append(
+            record.model_copy(
+                update={
+                    "valid": False,
+                    "reason": NAME_CLASH,
+                    "message": f"the catalog also has {others}; adapter names that differ only "
+                    "by case are refused (rename all but one)",
+                }
+            )
+        )
+    return result

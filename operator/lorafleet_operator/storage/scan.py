@@ -2,7 +2,14 @@
 
 The operator's sync and ``lorafleet catalog scan`` both call :func:`scan_catalog`.
 Incremental: a folder whose revision matches the previous record (validated under the same
-settings) is not read again, so a re-sync of an unchanged catalog costs one listing."""
+settings) is not read again, so a re-sync of an unchanged catalog costs one listing. A folder
+read again costs one small read, its adapter_config.json, and in a mounted folder
+(``AdapterStorage.checks_weight_headers``) a second one: the first ``SAFETENSORS_HEAD_BYTES``
+of its adapter_model.safetensors, the safetensors header.
+
+Names that differ only by case are judged across the whole listing, after each folder
+(``refuse_name_clashes``); a record refused for a clash is never reused, so renaming one of
+the folders frees the other at the next sync."""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lorafleet_api.adapter_files import SAFETENSORS_FILE, SAFETENSORS_HEAD_BYTES
 from lorafleet_api.catalog_index import AdapterRecord
 from lorafleet_api.naming import is_adapter_name
 from lorafleet_operator.adapters import (
@@ -19,8 +27,10 @@ from lorafleet_operator.adapters import (
     MAX_CONFIG_BYTES,
     AdapterFolder,
     group_folders,
+    refuse_name_clashes,
     validate_adapter,
 )
+from lorafleet_operator.adapters.validation import NAME_CLASH
 from lorafleet_operator.errors import AccessDeniedError, StorageNotFoundError
 from lorafleet_operator.model.adaptercatalog import AdapterCatalogSpec
 from lorafleet_operator.storage.base import AdapterStorage
@@ -52,7 +62,9 @@ def validation_settings(spec: AdapterCatalogSpec) -> str:
         "maxAdapterBytes": spec.max_adapter_bytes,
         # Bumped when validation.py changes what it decides or records. 2: modules_to_save, DoRA
         # and rank patterns are valid and recorded (per-engine support, adapter_support.py).
-        "rules": 2,
+        # 3: symbolic links, safetensors headers, case-only name clashes, base model spellings
+        # (hub ids match case-insensitively), deeply nested configs.
+        "rules": 3,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -78,7 +90,13 @@ def _needs_config(folder: AdapterFolder, max_adapter_bytes: int) -> bool:
         and config.size <= MAX_CONFIG_BYTES
         and folder.size_bytes <= max_adapter_bytes
         and is_adapter_name(folder.name)
+        and not folder.links
     )
+
+
+def _needs_weights_head(folder: AdapterFolder, config: bytes | None) -> bool:
+    weights = folder.files.get(SAFETENSORS_FILE)
+    return config is not None and weights is not None and weights.size > 0
 
 
 async def scan_catalog(
@@ -104,7 +122,7 @@ async def scan_catalog(
     pending: list[AdapterFolder] = []
     for name, folder in listing.folders.items():
         old = previous.get(name)
-        if old is not None and old.revision == folder.revision:
+        if old is not None and old.revision == folder.revision and old.reason != NAME_CLASH:
             records[name] = old
         else:
             pending.append(folder)
@@ -123,6 +141,16 @@ async def scan_catalog(
                     configs_read += 1
                 except (StorageNotFoundError, AccessDeniedError) as err:
                     unreadable = err.message
+        head: bytes | None = None
+        head_unreadable: str | None = None
+        if storage.checks_weight_headers and _needs_weights_head(folder, config):
+            async with semaphore:
+                try:
+                    head = await storage.read(
+                        f"{folder.name}/{SAFETENSORS_FILE}", SAFETENSORS_HEAD_BYTES
+                    )
+                except (StorageNotFoundError, AccessDeniedError) as err:
+                    head_unreadable = err.message
         records[folder.name] = validate_adapter(
             folder,
             config,
@@ -130,6 +158,8 @@ async def scan_catalog(
             base_model=spec.base_model,
             max_adapter_bytes=limit,
             config_unreadable=unreadable,
+            weights_head=head,
+            weights_unreadable=head_unreadable,
         )
 
     try:
@@ -141,7 +171,7 @@ async def scan_catalog(
         raise failures.exceptions[0] from None
 
     return ScanResult(
-        records=[records[name] for name in sorted(records)],
+        records=refuse_name_clashes(records[name] for name in sorted(records)),
         stray_files=listing.stray_files,
         excluded=listing.excluded,
         configs_read=configs_read,

@@ -4,16 +4,26 @@ budget.
 A download goes to a ``.partial-*`` folder, is checked against the catalog record (the same
 file names, each with the recorded size), and only then renamed to ``<name>@<revision>``: a
 folder under that name is complete by construction, and a download killed half-way leaves only
-a ``.partial-*`` folder, which nothing loads and the next start deletes. A new revision is a new
+a ``.partial-*`` folder, which nothing loads and the next start deletes (a replica's folder is
+per process: its replacement deletes the folders of processes that are gone,
+:func:`replica_cache_root`). A new revision is a new
 folder, so old weights are never served under a new revision. Different adapters download in
 parallel; concurrent requests for the same one share one download (a per-name lock that lives
-only while someone waits on it)."""
+only while someone waits on it).
+
+What the engine is handed is checked as the catalog checks it (``lorafleet_api.adapter_files``),
+again, on the downloaded bytes: the files may have changed since the sync. An
+adapter_config.json larger than 1 MiB is refused before a byte is fetched (by the recorded
+size) and no file is fetched past its recorded size; after the copy, the config must parse and
+adapter_model.safetensors must be a complete safetensors file, or nothing is renamed into
+place (reason ``ConfigTooLarge``, ``ConfigNotJson`` or ``WeightsNotSafetensors``)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -21,6 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from lorafleet_api.adapter_files import (
+    CONFIG_FILE,
+    MAX_SAFETENSORS_HEADER_BYTES,
+    SAFETENSORS_FILE,
+    config_too_large,
+    parse_config,
+    safetensors_header_length,
+    safetensors_problem,
+)
 from lorafleet_api.catalog_index import AdapterRecord
 from lorafleet_api.storage import ACCESS_DENIED, NOT_FOUND
 from lorafleet_runtime.adapters.remote_files import (
@@ -33,12 +52,18 @@ from lorafleet_runtime.core.locks import KeyedLocks
 log = logging.getLogger(__name__)
 
 PARTIAL_PREFIX: Final = ".partial-"
+REPLICA_PREFIX: Final = "replica-"
 DEFAULT_CACHE_BYTES: Final = 10 * 1024**3
 DEFAULT_TIMEOUT_SECONDS: Final = 300.0
 DEFAULT_TRIES: Final = 3
 # Failures another try cannot mend (the others: unreachable storage, a timeout).
 CORRUPT: Final = "Corrupt"
-_FINAL_REASONS: Final = frozenset({ACCESS_DENIED, NOT_FOUND, CORRUPT})
+CONFIG_TOO_LARGE: Final = "ConfigTooLarge"
+CONFIG_NOT_JSON: Final = "ConfigNotJson"
+NOT_SAFETENSORS: Final = "WeightsNotSafetensors"
+_FINAL_REASONS: Final = frozenset(
+    {ACCESS_DENIED, NOT_FOUND, CORRUPT, CONFIG_TOO_LARGE, CONFIG_NOT_JSON, NOT_SAFETENSORS}
+)
 
 
 @dataclass(frozen=True)
@@ -59,9 +84,39 @@ class DownloadReport:
     tries: int
 
 
+def replica_cache_root(parent: Path, pid: int) -> Path:
+    """``<parent>/replica-<pid>``, the cache of the replica process ``pid``, after removing the
+    caches of replicas whose process is gone.
+
+    Replicas on one node share ``parent`` (one folder each, so two never write the same
+    files); one that was killed (kill -9, OOM) never cleans its folder, and its replacement
+    has another pid: without this its adapters and half-written ``.partial-*`` folders would
+    stay on the volume for the pod's life, outside every byte budget."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for folder in parent.glob(REPLICA_PREFIX + "*"):
+        other = folder.name[len(REPLICA_PREFIX) :]
+        if other.isdigit() and int(other) != pid and not _process_exists(int(other)):
+            log.info("Removed the adapter cache of gone replica process %s", other)
+            remove_tree(folder)
+    return parent / f"{REPLICA_PREFIX}{pid}"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
+
+
 def folder_name(name: str, revision: str) -> str:
-    """``<name>@<hash of revision>``: revisions are opaque strings (ETags may hold quotes)."""
-    return f"{name}@{hashlib.sha256(revision.encode()).hexdigest()[:16]}"
+    """``<name>@<hash of name and revision>``: revisions are opaque strings (ETags may hold
+    quotes), and the exact name is in the hash so that ``Billing`` and ``billing`` (two
+    catalogs may hold both) never share a folder on a case-insensitive disk."""
+    digest = hashlib.sha256(f"{name}\0{revision}".encode()).hexdigest()[:16]
+    return f"{name}@{digest}"
 
 
 class AdapterDiskCache:
@@ -146,10 +201,18 @@ class AdapterDiskCache:
         partial.mkdir()
         deadline = time.monotonic() + self.timeout_seconds
         try:
+            for file in record.files:
+                if file.name == CONFIG_FILE and (too_large := config_too_large(file.size)):
+                    raise AdapterStorageError(CONFIG_TOO_LARGE, f"{record.uri}: {too_large}")
             written = 0
             for file in record.files:
                 size = await asyncio.to_thread(
-                    source.copy_file, record.uri, file.name, partial / file.name, deadline
+                    source.copy_file,
+                    record.uri,
+                    file.name,
+                    partial / file.name,
+                    deadline,
+                    file.size,
                 )
                 if size != file.size:
                     raise AdapterStorageError(
@@ -158,6 +221,7 @@ class AdapterDiskCache:
                         f"{file.size} (changed since the last sync?)",
                     )
                 written += size
+            await asyncio.to_thread(_check_files, record, partial)
             remove_tree(final)
             partial.rename(final)
             return written
@@ -182,6 +246,26 @@ class AdapterDiskCache:
             entry = self._entries.pop(name)
             remove_tree(entry.path)
             log.info("Evicted adapter %s from the disk cache", name)
+
+
+def _check_files(record: AdapterRecord, folder: Path) -> None:
+    """Refuse a downloaded folder the engine must not load (see the module docstring)."""
+    names = {file.name for file in record.files}
+    if CONFIG_FILE in names:
+        _, not_json = parse_config((folder / CONFIG_FILE).read_bytes())
+        if not_json is not None:
+            raise AdapterStorageError(CONFIG_NOT_JSON, f"{record.uri}: {not_json}")
+    if SAFETENSORS_FILE in names:
+        path = folder / SAFETENSORS_FILE
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            length = safetensors_header_length(head)
+            if length is not None and length <= min(MAX_SAFETENSORS_HEADER_BYTES, size):
+                head += handle.read(length)
+        problem = safetensors_problem(head, size)
+        if problem is not None:
+            raise AdapterStorageError(NOT_SAFETENSORS, f"{record.uri}: {problem}")
 
 
 def _matches(folder: Path, record: AdapterRecord) -> bool:

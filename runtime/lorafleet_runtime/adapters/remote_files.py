@@ -27,7 +27,9 @@ from lorafleet_api.storage import (
     NOT_FOUND,
     UNREACHABLE,
     CredentialsError,
+    LinkRefusedError,
     StorageCredentials,
+    open_below,
     os_error_reason,
     s3_code_reason,
 )
@@ -89,9 +91,18 @@ class AdapterFileSource(abc.ABC):
     @abc.abstractmethod
     def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None: ...
 
-    def copy_file(self, folder_uri: str, name: str, dest: Path, deadline: float) -> int:
+    def copy_file(
+        self,
+        folder_uri: str,
+        name: str,
+        dest: Path,
+        deadline: float,
+        max_bytes: int | None = None,
+    ) -> int:
         """Copy file ``name`` of the adapter folder ``folder_uri`` to ``dest``; the bytes
-        written. Blocking (run it in a thread)."""
+        written. Blocking (run it in a thread). Stops after ``max_bytes + 1`` bytes: a file
+        rewritten larger than the catalog recorded (a 50 GB "config") costs no more than
+        that; the caller sees the size is wrong."""
         uri = (folder_uri if folder_uri.endswith("/") else folder_uri + "/") + name
         written = 0
         try:
@@ -101,7 +112,12 @@ class AdapterFileSource(abc.ABC):
                         raise AdapterStorageError(
                             "Timeout", f"download of {uri} did not finish in time"
                         )
-                    chunk = stream.read(CHUNK_BYTES)
+                    want = (
+                        CHUNK_BYTES
+                        if max_bytes is None
+                        else min(CHUNK_BYTES, max_bytes + 1 - written)
+                    )
+                    chunk = stream.read(want) if want > 0 else b""
                     if not chunk:
                         return written
                     out.write(chunk)
@@ -127,13 +143,21 @@ def _error(reason: str, uri: str, detail: str = "") -> AdapterStorageError:
 
 
 class LocalFileSource(AdapterFileSource):
+    """A mounted folder. No symbolic link is followed from the catalog's folder down: neither
+    the adapter folder nor the file may be a link (the catalog refuses such folders, and one
+    swapped in after the sync is refused here, AccessDenied), so a link to ``/etc/passwd``
+    named ``adapter_model.safetensors`` is never copied, let alone handed to the engine."""
+
     def _open(self, uri: str) -> IO[bytes]:
-        return Path(urlparse(uri).path).open("rb")
+        path = Path(urlparse(uri).path)
+        return open_below(path.parent.parent, f"{path.parent.name}/{path.name}")
 
     def _classify(self, err: Exception, uri: str) -> AdapterStorageError | None:
         reason = os_error_reason(err)
         if reason is None:
             return None
+        if isinstance(err, LinkRefusedError):
+            return _error(reason, uri, f" ({err})")
         strerror = getattr(err, "strerror", None)
         return _error(reason, uri, f" ({strerror})" if reason == UNREACHABLE and strerror else "")
 
