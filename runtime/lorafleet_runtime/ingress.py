@@ -7,30 +7,57 @@ before any LLM replica is involved.
 - ``/v1/models`` lists the base model and every servable adapter (with parent, rank and
   revision) from the index: no bucket listing, no cap at 1,000.
 - Per-name state is bounded: handles are created only for names that passed the index check
-  and kept in an LRU; failures and metric labels are bounded too."""
+  and kept in an LRU; failures and metric labels are bounded too.
+- Chat and text completions pass the HTTP door first (``core.request_input``): body size,
+  JSON shape, ``model`` and the shared sampling ranges are checked before pydantic parses
+  the body; every error here is an OpenAI-style body whose echoed input is cut short
+  (``core.errors.shown``)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextvars import ContextVar
+from http import HTTPStatus
 from typing import Any, Final
 
-from fastapi import status
+from fastapi import Request, status
+from pydantic import ValidationError
+from ray.exceptions import RayActorError
 from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
     ModelCard,
     OpenAIHTTPException,
 )
-from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
+from ray.llm._internal.serve.core.ingress.ingress import CallMethod, OpenAiIngress
+from ray.llm._internal.serve.utils.server_utils import replace_prefix
 from starlette.responses import JSONResponse, Response
 
 from lorafleet_api.contract import RuntimeArgs
-from lorafleet_api.naming import adapter_model_id, is_adapter_name, split_model
+from lorafleet_api.naming import adapter_model_id, invalid_adapter_name_reason, split_model
 from lorafleet_runtime.adapters.index import AdapterIndex, open_index_source
 from lorafleet_runtime.core.admission import judge_adapter
-from lorafleet_runtime.core.errors import find_adapter_error
+from lorafleet_runtime.core.errors import (
+    InputError,
+    error_body,
+    find_adapter_error,
+    interrupted_stream_event,
+    shown,
+)
 from lorafleet_runtime.core.failures import DEFAULT_TTL_SECONDS, FailureMemory
+from lorafleet_runtime.core.request_input import (
+    MAX_REQUEST_BYTES,
+    check_content_length,
+    check_model,
+    check_sampling,
+    parse_body,
+    too_large,
+    validation_error,
+)
 from lorafleet_runtime.metrics import RuntimeMetrics
 from lorafleet_runtime.router.residency import TIER_HEADER, TierMarker
 
@@ -38,25 +65,75 @@ MAX_HANDLES: Final = 1024
 INDEX_WAIT_SECONDS: Final = 30.0
 
 
-_ERROR_CLASSES: dict[str, type[OpenAIHTTPException]] = {}
+class ParamHTTPError(OpenAIHTTPException):  # type: ignore[misc]
+    """Ray Serve LLM's error with OpenAI's ``param`` (the request field at fault)."""
+
+    param: str | None = None
+
+
+_ERROR_CLASSES: dict[str, type[ParamHTTPError]] = {}
 MAX_ERROR_CLASSES: Final = 64
 # Filled by _get_response with the replica's tier report, read by _process_llm_request (the
 # response stream runs in the request's task, so they share this context).
 _TIER: ContextVar[dict[str, str] | None] = ContextVar("lorafleet_tier", default=None)
 
 
-def http_error(status_code: int, reason: str, message: str) -> OpenAIHTTPException:
+def http_error(
+    status_code: int, reason: str, message: str, param: str | None = None
+) -> ParamHTTPError:
     """An error Ray Serve LLM answers with ``status_code`` and an OpenAI-style body whose
     ``type`` is ``reason`` (e.g. AccessDenied, RankTooHigh): Ray writes the exception's class
     name there, so each reason gets a subclass of that name (a small, fixed vocabulary; any
-    other string keeps the base class)."""
+    other string keeps the base class). Chat and text completions render it themselves
+    (``error_response``), with ``param``."""
     cls = _ERROR_CLASSES.get(reason)
     if cls is None:
         if not reason.isidentifier() or len(_ERROR_CLASSES) >= MAX_ERROR_CLASSES:
-            return OpenAIHTTPException(status_code=status_code, message=message, type=reason)
-        cls = type(reason, (OpenAIHTTPException,), {"__module__": __name__})
-        _ERROR_CLASSES[reason] = cls
-    return cls(status_code=status_code, message=message, type=reason)
+            cls = ParamHTTPError
+        else:
+            cls = type(reason, (ParamHTTPError,), {"__module__": __name__})
+            _ERROR_CLASSES[reason] = cls
+    err = cls(status_code=status_code, message=message, type=reason)
+    err.param = param
+    return err
+
+
+def error_response(
+    err: InputError | OpenAIHTTPException, retry_after_s: float = DEFAULT_TTL_SECONDS
+) -> JSONResponse:
+    """The OpenAI-style error body for ``err``, without Ray's decoration (which repeats the
+    message three times). A 503 says when to retry (``Retry-After``): the failure is
+    remembered that long, so an earlier retry gets the same answer."""
+    if isinstance(err, InputError):
+        return JSONResponse(
+            error_body(err.status_code, err.error_type, err.message, err.param),
+            status_code=err.status_code,
+        )
+    error_type = err.type
+    if not error_type or error_type == "Unknown":
+        error_type = HTTPStatus(err.status_code).phrase.replace(" ", "") + "Error"
+    headers = None
+    if err.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+    return JSONResponse(
+        error_body(err.status_code, error_type, err.message, getattr(err, "param", None)),
+        status_code=err.status_code,
+        headers=headers,
+    )
+
+
+async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """The request body, refused (413) past ``limit`` bytes: a declared Content-Length before
+    any of it is read, a chunked body as soon as it passes the limit."""
+    check_content_length(request.headers.get("content-length"), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(None, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
@@ -82,17 +159,59 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         self._metrics = RuntimeMetrics()
         self._index.start()
 
+    # ----------------------------------------------------------------- the HTTP door
+    async def completions(self, request: Request) -> Response:  # type: ignore[override]
+        return await self._serve_through_door(
+            request, CompletionRequest, CallMethod.COMPLETIONS.value
+        )
+
+    async def chat(self, request: Request) -> Response:  # type: ignore[override]
+        return await self._serve_through_door(request, ChatCompletionRequest, CallMethod.CHAT.value)
+
+    async def _serve_through_door(
+        self, request: Request, request_cls: Any, call_method: str
+    ) -> Response:
+        """Ray Serve LLM's endpoint, with the body read and checked here rather than by
+        FastAPI: bounded in size, and every refusal an OpenAI-style body."""
+        try:
+            payload = parse_body(await read_body(request))
+            check_model(payload, self._args.model_id)
+            check_sampling(payload)
+            try:
+                body = request_cls.model_validate(payload)
+            except ValidationError as err:
+                raise validation_error(err.errors(include_input=False)) from None
+            return await self._process_llm_request(body, call_method, raw_request=request)
+        except (InputError, OpenAIHTTPException) as err:
+            return error_response(err, self._failures.ttl_seconds)
+
     # ----------------------------------------------------------------- admission
     async def _get_model_id(self, model: str | None) -> str:
-        model_id: str = await super()._get_model_id(model)
+        if model is None:  # other endpoints (embeddings, tokenize): Ray's default model
+            default: str = await super()._get_model_id(model)
+            return default
+        model_id = model
         ours, adapter = split_model(model_id, self._args.model_id)
-        if not ours or adapter is None:
-            return model_id
-        if not is_adapter_name(adapter):
+        if not ours:
             raise http_error(
                 status.HTTP_404_NOT_FOUND,
                 "NotFoundError",
-                f"The model {model_id!r} does not exist: not a valid adapter name.",
+                f"The model {shown(model_id)} does not exist: this server serves "
+                f"{self._args.model_id!r} and its adapters "
+                f"{adapter_model_id(self._args.model_id, '<adapter>')!r} "
+                "(GET /v1/models lists them).",
+                "model",
+            )
+        if adapter is None:
+            return model_id
+        bad_name = invalid_adapter_name_reason(adapter)
+        if bad_name is not None:
+            raise http_error(
+                status.HTTP_404_NOT_FOUND,
+                "NotFoundError",
+                f"The model {shown(model_id)} does not exist: not a valid adapter name "
+                f"({bad_name}).",
+                "model",
             )
         await self._index.wait_ready(INDEX_WAIT_SECONDS)
         found = self._index.lookup(adapter)
@@ -139,6 +258,7 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         known = adapter is None or self._index.lookup(adapter) is not None
         tags = self._metrics.tags(adapter, known=known)
         self._metrics.requests.inc(tags=tags)
+        first = True
         try:
             async for response in super()._get_response(
                 body=body, call_method=call_method, **kwargs
@@ -148,12 +268,34 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
                     if report is not None:
                         report["tier"] = response.tier
                     continue
+                if first:
+                    # The engine refused the request (vLLM's limits): keep its ``param``,
+                    # which Ray's conversion drops. Streams come in batches (lists).
+                    head = response[0] if isinstance(response, list) and response else response
+                    if isinstance(head, ErrorResponse):
+                        error = head.error
+                        raise http_error(error.code, error.type, error.message, error.param)
+                first = False
                 yield response
         except OpenAIHTTPException as err:
             self._metrics.request_errors.inc(tags={**tags, "status": str(err.status_code)})
             raise
         except Exception as err:
             found = find_adapter_error(err)
+            if found is None and not first:
+                # Mid-stream (the replica died): say so in the stream, which would just stop.
+                self._metrics.request_errors.inc(tags={**tags, "status": "503"})
+                yield interrupted_stream_event()
+                return
+            if found is None and isinstance(err, RayActorError):
+                # The replica died before answering (Ray's ActorDiedError would be a bare 500).
+                self._metrics.request_errors.inc(tags={**tags, "status": "503"})
+                raise http_error(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    "ReplicaUnavailable",
+                    "The model server replica handling this request stopped before it "
+                    "answered; Ray Serve is replacing it. Retry the request.",
+                ) from None
             if found is None:
                 raise
             self._metrics.request_errors.inc(tags={**tags, "status": str(found.status_code)})
@@ -225,6 +367,25 @@ class LoraFleetIngress(OpenAiIngress):  # type: ignore[misc]
         await self._index.wait_ready(INDEX_WAIT_SECONDS)
         base = self._model_cards[self._args.model_id].model_dump(mode="json")
         return JSONResponse({"object": "list", "data": [base, *self._adapter_cards()]})
+
+    async def model_data(self, model: str, request: Request) -> Any:  # type: ignore[override]
+        """One model's card. Starlette's ``{model:path}`` pattern ends in ``$``, which matches
+        before a trailing newline: ``/v1/models/tiny:a0%0A`` would answer for ``tiny:a0``, so
+        the name must be the whole rest of the path."""
+        card = None
+        if request.scope.get("path", "").endswith("/v1/models/" + model):
+            card = await self.model(replace_prefix(model))
+        if card is None:
+            return error_response(
+                http_error(
+                    status.HTTP_404_NOT_FOUND,
+                    "NotFoundError",
+                    f"The model {shown(model)} does not exist: GET /v1/models lists the base "
+                    "model and its adapters.",
+                    "model",
+                )
+            )
+        return card
 
     async def model(self, model_id: str) -> ModelCard | None:
         if model_id in self._model_cards:
