@@ -30,6 +30,7 @@ from lorafleet_runtime.adapters.disk_cache import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_TIMEOUT_SECONDS,
     AdapterDiskCache,
+    replica_cache_root,
 )
 from lorafleet_runtime.adapters.index import AdapterIndex, open_index_source
 from lorafleet_runtime.adapters.remote_files import (
@@ -91,7 +92,7 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
         )
         cache_root = os.environ.get("LORAFLEET_ADAPTER_CACHE") or tempfile.gettempdir()
         self._disk_cache = AdapterDiskCache(
-            Path(cache_root) / "lorafleet-adapters" / f"replica-{os.getpid()}",
+            replica_cache_root(Path(cache_root) / "lorafleet-adapters", os.getpid()),
             max_bytes=args.adapter_cache_bytes or DEFAULT_CACHE_BYTES,
             timeout_seconds=args.adapter_download_timeout_s or DEFAULT_TIMEOUT_SECONDS,
         )
