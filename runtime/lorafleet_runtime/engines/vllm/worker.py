@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorafleet_runtime.engines.vllm.cpu_lora_fix import skip_lora_for_base_rows
+
+# vLLM imports this module in its worker process, before the first forward pass.
+skip_lora_for_base_rows()
+
 
 class LoraSlotsExtension:
     def lorafleet_lora_slots(self) -> list[int] | None:
