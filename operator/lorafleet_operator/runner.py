@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Final
 
 import kopf
 
@@ -19,11 +20,25 @@ from lorafleet_operator.metrics import OperatorMetrics
 from lorafleet_operator.model.config import OperatorConfig
 from lorafleet_operator.reconcile.state import OperatorState
 
+# Loggers of libraries that write credentials at DEBUG: kubernetes_asyncio every response body
+# (a Secret's data included), botocore each signing step (the access key id in the credential
+# scope) and urllib3 each request line (a presigned URL). Never below INFO, even --verbose.
+CREDENTIAL_LOGGERS: Final = ("kubernetes_asyncio.client.rest", "botocore", "urllib3")
+
 LOG_FORMATS = {
     "plain": kopf.LogFormat.PLAIN,
     "full": kopf.LogFormat.FULL,
     "json": kopf.LogFormat.JSON,
 }
+
+
+def configure_logging(*, verbose: bool, log_format: str) -> None:
+    """kopf's logging (DEBUG for everything with ``verbose``), except what writes credentials."""
+    kopf.configure(verbose=verbose, log_format=LOG_FORMATS[log_format])
+    if not verbose:
+        logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+    for name in CREDENTIAL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def run_operator(
@@ -36,9 +51,7 @@ def run_operator(
 ) -> None:
     import lorafleet_operator.handlers  # noqa: F401  (registers the handlers with kopf)
 
-    kopf.configure(verbose=verbose, log_format=LOG_FORMATS[log_format])
-    if not verbose:
-        logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+    configure_logging(verbose=verbose, log_format=log_format)
     metrics = OperatorMetrics()
     server = None
     if config.metrics_endpoint is not None:

@@ -7,8 +7,11 @@ publish an adapter to the bucket (it is served, the RayService is not written), 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
+import secrets
 import subprocess
 import sys
 import time
@@ -17,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
+from lorafleet_api import names
+from lorafleet_runtime.adapters.index import STORAGE_REFRESH_SECONDS
 from lorafleet_testbed import netns, process
-from lorafleet_testbed.demo import EXAMPLES
+from lorafleet_testbed.demo import CATALOG, CREDENTIALS_SECRET, EXAMPLES, NAMESPACE
 from lorafleet_testbed.toolchain import tool
 
 from .conftest import eventually, require_namespaces
@@ -37,7 +43,10 @@ class Demo:
             [sys.executable, "-m", "lorafleet_testbed", *args],
             capture_output=True,
             text=True,
-            env=dict(os.environ, LORAFLEET_DEMO_DIR=str(self.directory)),
+            # At DEBUG: the secrets test searches the logs that say the most.
+            env=dict(
+                os.environ, LORAFLEET_DEMO_DIR=str(self.directory), LORAFLEET_DEMO_LOG_LEVEL="debug"
+            ),
             timeout=timeout,
             check=False,
         )
@@ -87,10 +96,12 @@ def _models(base_url: str) -> list[str]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     require_namespaces()
     directory = tmp_path_factory.mktemp("demo")
-    first = Demo(directory, "")
-    result = first.run("demo")
-    demo = Demo(directory, result.stdout)
+    demo = Demo(directory, "")
     try:
+        # Inside the try: a start cut short (a timeout) is stopped too.
+        # Slow where the 2 cores are shared: the first start took over 900 s at load 50.
+        result = demo.run("demo", timeout=1800)
+        demo.output = result.stdout
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         yield demo
     finally:
@@ -490,3 +501,285 @@ def test_a_second_loramodel_fails_visibly_rolls_out_on_resource_edits_and_leaves
     )
     # The demo's own model kept serving throughout.
     assert _completion(demo.base_url, "tiny:support-v1")
+
+
+# ---------------------------------------------------------------- secrets stay in their Secret
+
+
+def _secret_manifest(access_key: str, secret_key: str) -> dict[str, Any]:
+    data = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": CREDENTIALS_SECRET, "namespace": NAMESPACE},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def _request_sync(demo: Demo) -> None:
+    demo.kubectl_ok(
+        "annotate",
+        "adaptercatalog",
+        CATALOG,
+        "-n",
+        NAMESPACE,
+        f"{names.ANNOTATION_SYNC_REQUESTED}={time.time_ns()}",
+        "--overwrite",
+    )
+
+
+def _catalog_ready(demo: Demo) -> dict[str, Any]:
+    catalog = demo.kubectl("get", "adaptercatalog", CATALOG, "-n", NAMESPACE)
+    return next(
+        (c for c in (catalog.get("status") or {}).get("conditions", []) if c["type"] == "Ready"),
+        {},
+    )
+
+
+def _post_completion(base_url: str, model: str) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}/completions",
+        json={"model": model, "prompt": "Hi", "max_tokens": 2, "temperature": 0},
+        timeout=120,
+    )
+
+
+def _served(base_url: str, model: str) -> bool:
+    """Whether a completion of ``model`` succeeds now (a dropped connection is a no, for a
+    poll to try again)."""
+    try:
+        return _post_completion(base_url, model).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _recorded(response: httpx.Response) -> str:
+    """Everything a client sees of a response: status line, headers and body."""
+    headers = "\n".join(f"{k}: {v}" for k, v in response.headers.items())
+    return f"HTTP {response.status_code}\n{headers}\n\n{response.text}"
+
+
+def _text(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def _api_objects(demo: Demo) -> str:
+    """Every object of every listable kind in every namespace, Events included, except
+    Secrets (the one place the keys belong)."""
+    kubectl = [str(tool("kubectl")), f"--kubeconfig={demo.state['cluster']['kubeconfig']}"]
+    kinds = _text([*kubectl, "api-resources", "--verbs=list", "-o", "name"]).split()
+    kinds = [k for k in kinds if k != "secrets"]
+    assert {"events", "configmaps", "loramodels.lorafleet.dev", "rayservices.ray.io"} <= set(
+        kinds
+    ), kinds
+    return _text([*kubectl, "get", ",".join(kinds), "-A", "-o", "json"])
+
+
+def _log_files(demo: Demo) -> dict[str, bytes]:
+    """The demo's process logs (operator, KubeRay, the Ray pod kubelet, MinIO, forwarders), each
+    Ray pod's output and every file of every Ray session's logs folder (Serve, workers, raylet,
+    GCS, dashboard)."""
+    cluster = demo.state["cluster"]
+    data = Path(cluster["data_dir"])
+    files = [p for d in ("logs", "pods") for p in (data / d).rglob("*") if p.is_file()]
+    files += [
+        p for p in Path(cluster["ray_temp_dir"]).rglob("*") if p.is_file() and "logs" in p.parts
+    ]
+    return {str(p): p.read_bytes() for p in files}
+
+
+def _metrics(demo: Demo) -> dict[str, str]:
+    """The operator's /metrics and every Ray pod's metrics port (where the runtime's series are
+    exported), read inside the cluster network as Prometheus would."""
+    cluster = demo.state["cluster"]
+    cmdline = Path(f"/proc/{cluster['pids']['lorafleet-operator']}/cmdline").read_bytes()
+    (address,) = [
+        a.decode().split("=", 1)[1]
+        for a in cmdline.split(b"\0")
+        if a.startswith(b"--metrics-address=")
+    ]
+    urls = {"operator": f"http://{address}/metrics"}
+    for pod in demo.kubectl("get", "pods", "-n", NAMESPACE)["items"]:
+        for container in pod["spec"]["containers"]:
+            for port in container.get("ports") or []:
+                if port.get("name") == "metrics":
+                    urls[pod["metadata"]["name"]] = (
+                        f"http://{pod['status']['podIP']}:{port['containerPort']}/metrics"
+                    )
+
+    def scrape() -> dict[str, str]:
+        return {name: httpx.get(url, timeout=30).text for name, url in urls.items()}
+
+    return netns.NetworkNamespace(cluster["netns"]).call(scrape, timeout=120)
+
+
+def _leaks(corpora: dict[str, bytes], needles: dict[str, str]) -> list[str]:
+    """Where any needle (a value or its base64) occurs, the value itself left out."""
+    found = []
+    for label, value in needles.items():
+        for form in (value, base64.b64encode(value.encode()).decode()):
+            raw = form.encode()
+            for name, text in corpora.items():
+                at = text.find(raw)
+                if at >= 0:
+                    context = text[max(0, at - 80) : at + len(raw) + 80].replace(raw, b"<HERE>")
+                    found.append(f"{label} in {name}: {context!r}")
+    return found
+
+
+def test_credentials_never_leave_their_secret(demo: Demo) -> None:
+    """A catalog syncs and adapters download with the demo's keys; then the Secret holds wrong
+    keys (the operator's sync and the runtime's download fail with AccessDenied, and recover
+    when the keys are put back), then the Secret is deleted (the same, naming the Secret) and
+    re-created. Afterwards neither the right nor the wrong keys, nor their base64, appear
+    anywhere a user of the cluster can read: any API object but the Secret (statuses, Events,
+    index ConfigMaps), `helm get all`, the operator's, KubeRay's and every Ray process's logs
+    (at DEBUG), the metrics endpoints, Serve's application status, and the HTTP responses of
+    the failing requests."""
+    url = demo.base_url
+    state = demo.state
+    right = _secret_manifest(state["access_key"], state["secret_key"])
+    wrong_key, wrong_secret = "wrong-" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    needles = {
+        "the access key id": state["access_key"],
+        "the secret key": state["secret_key"],
+        "the wrong access key id": wrong_key,
+        "the wrong secret key": wrong_secret,
+    }
+    # Three uncached adapters: one per phase that must download (a cached one would not).
+    ok, denied, gone = "leak-ok", "leak-denied", "leak-gone"
+    responses: dict[str, httpx.Response] = {}
+    # The API objects while each failure shows (statuses change back after it).
+    snapshots: dict[str, str] = {}
+    # The replicas read the Secret again this often: wait that long before a download must
+    # see the new keys (one earlier would use, and cache with, the old ones).
+    replica_refresh = STORAGE_REFRESH_SECONDS + 5
+    try:
+        # (1) Sync with the right keys: the new adapters are listed.
+        for name in (ok, denied, gone):
+            assert demo.run("demo-upload", "support-v1", "--as", name).returncode == 0
+        _request_sync(demo)
+        eventually(
+            lambda: {f"tiny:{n}" for n in (ok, denied, gone)} <= set(_models(url)),
+            what="the new adapters to be listed",
+            timeout=120,
+        )
+        # (2) Serve: the replica downloads an adapter with the Secret's keys.
+        assert _post_completion(url, f"tiny:{ok}").status_code == 200
+
+        # (3) Wrong keys: the operator's sync and the replica's download are refused.
+        demo.apply(_secret_manifest(wrong_key, wrong_secret))
+        changed = time.monotonic()
+        _request_sync(demo)
+        refused = eventually(
+            lambda: (c := _catalog_ready(demo)).get("reason") == "AccessDenied" and c,
+            what="the catalog sync to fail with AccessDenied",
+            timeout=90,
+        )
+        assert refused["status"] == "False"
+        time.sleep(max(0.0, changed + replica_refresh - time.monotonic()))
+        responses["wrong keys"] = _post_completion(url, f"tiny:{denied}")
+        assert responses["wrong keys"].status_code == 503, _recorded(responses["wrong keys"])
+        assert "AccessDenied" in responses["wrong keys"].text
+        snapshots["wrong keys"] = _api_objects(demo)
+
+        # The right keys back: both sides recover, nothing restarted.
+        demo.apply(right)
+        _request_sync(demo)
+        eventually(
+            lambda: _catalog_ready(demo).get("status") == "True",
+            what="the catalog to sync again",
+            timeout=90,
+        )
+        eventually(
+            lambda: _served(url, f"tiny:{denied}"),
+            what=f"tiny:{denied} to download with the right keys",
+            timeout=replica_refresh + 30,
+        )
+
+        # (4) The Secret deleted: AccessDenied naming it, on both sides; then re-created.
+        demo.kubectl_ok("delete", "secret", CREDENTIALS_SECRET, "-n", NAMESPACE)
+        changed = time.monotonic()
+        _request_sync(demo)
+        missing = eventually(
+            lambda: (
+                (c := _catalog_ready(demo)).get("reason") == "AccessDenied"
+                and "does not exist" in c.get("message", "")
+                and c
+            ),
+            what="the catalog sync to fail for the missing Secret",
+            timeout=90,
+        )
+        assert f"{NAMESPACE}/{CREDENTIALS_SECRET}" in missing["message"]
+        time.sleep(max(0.0, changed + replica_refresh - time.monotonic()))
+        responses["no Secret"] = _post_completion(url, f"tiny:{gone}")
+        assert responses["no Secret"].status_code == 503, _recorded(responses["no Secret"])
+        assert "AccessDenied" in responses["no Secret"].text
+        assert CREDENTIALS_SECRET in responses["no Secret"].text
+        snapshots["no Secret"] = _api_objects(demo)
+
+        demo.apply(right)
+        _request_sync(demo)
+        eventually(
+            lambda: _catalog_ready(demo).get("status") == "True",
+            what="the catalog to sync with the re-created Secret",
+            timeout=90,
+        )
+        eventually(
+            lambda: _served(url, f"tiny:{gone}"),
+            what=f"tiny:{gone} to download with the re-created Secret",
+            timeout=replica_refresh + 30,
+        )
+    finally:
+        demo.apply(right)
+        for name in (ok, denied, gone):
+            demo.run("demo-remove", name)
+        _request_sync(demo)
+
+    # Left as found: the test's adapters withdrawn (other tests list the demo's models).
+    eventually(
+        lambda: not {f"tiny:{n}" for n in (ok, denied, gone)} & set(_models(url)),
+        what="the test's adapters to be withdrawn",
+        timeout=120,
+    )
+
+    # Everything a user (or anyone with read access but to Secrets) can read.
+    kubectl_objects = _api_objects(demo)
+    helm = [
+        str(tool("helm")),
+        f"--kubeconfig={state['cluster']['kubeconfig']}",
+        "get",
+        "all",
+        "lorafleet",
+        "-n",
+        "lorafleet-system",
+    ]
+    logs = _log_files(demo)
+    metrics = _metrics(demo)
+    corpora: dict[str, bytes] = {
+        "API objects and Events": kubectl_objects.encode(),
+        **{f"API objects ({phase})": text.encode() for phase, text in snapshots.items()},
+        "helm get all": _text(helm).encode(),
+        "Serve's applications": json.dumps(_serve_applications(demo)).encode(),
+        "the demo's output": demo.output.encode(),
+        **{f"metrics of {name}": text.encode() for name, text in metrics.items()},
+        **{f"HTTP response ({phase})": _recorded(r).encode() for phase, r in responses.items()},
+        **logs,
+    }
+
+    assert _leaks(corpora, needles) == []
+    # The search is not vacuous: what was searched holds the phases above, at DEBUG.
+    assert all('"reason": "AccessDenied"' in text for text in snapshots.values())
+    assert '"kind": "Event"' in kubectl_objects and names.LABEL_CATALOG in kubectl_objects
+    operator_log = next(t for n, t in logs.items() if n.endswith("/lorafleet-operator.log"))
+    # The chart's log format is JSON: {"message": ..., "severity": "debug"}.
+    assert b'"severity": "debug"' in operator_log and b"AccessDenied" in operator_log
+    assert any(n.endswith("/kuberay-operator.log") for n in logs)
+    ray_logs = {n: t for n, t in logs.items() if n.startswith(state["cluster"]["ray_temp_dir"])}
+    assert any("/serve/" in n for n in ray_logs) and any("raylet" in n for n in ray_logs)
+    assert any(b"DEBUG" in t for t in ray_logs.values()), "no Ray log at DEBUG"
+    # Serve's access log holds the refused downloads (the 503s above).
+    assert any(re.search(rb"POST /\S* 503 ", t) for t in ray_logs.values())
+    assert "lorafleet_" in metrics["operator"]
+    assert any("lorafleet_" in t for n, t in metrics.items() if n != "operator")

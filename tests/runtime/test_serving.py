@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -16,12 +18,15 @@ if TYPE_CHECKING:
     import openai
 
 from lorafleet_runtime.adapters.index import STORAGE_REFRESH_SECONDS
+from lorafleet_testbed.adapter_trees import tree_files, upload_s3
 
 from .conftest import (
+    BUCKET,
     FAILURE_MEMORY_S,
     LOCKED_SECRET,
     MAX_LORAS,
     MODEL_ID,
+    NAMESPACE,
     SERVABLE,
     Deployment,
 )
@@ -264,14 +269,70 @@ def test_a_catalog_secret_that_is_gone_is_503_access_denied_until_it_is_back(
     assert status == 503, body
     assert body["error"]["type"] == "AccessDenied"
     assert f"Secret default/{LOCKED_SECRET} does not exist" in body["error"]["message"]
-    assert deployment.catalogs.minio.secret_key not in json.dumps(body)
     # Put back, it is read again (as a rotated key would be) without restarting anything.
-    deployment.catalogs.create_secret(LOCKED_SECRET)
+    catalogs = deployment.catalogs
+    catalogs.create_secret(LOCKED_SECRET)
     _eventually(
         lambda: _post(deployment, f"{MODEL_ID}:locked")[0] == 200,
         STORAGE_REFRESH_SECONDS + FAILURE_MEMORY_S + 15,
         "the adapter to be servable with its Secret back",
     )
+    # The replica now holds the Secret's keys: that download had no others. With wrong keys
+    # in the Secret it reads and sends those (the storage refuses them) for an uncached
+    # adapter: neither the keys it held nor the wrong ones are anywhere in the answer.
+    right = {
+        "AWS_ACCESS_KEY_ID": catalogs.minio.access_key,
+        "AWS_SECRET_ACCESS_KEY": catalogs.minio.secret_key,
+    }
+    wrong = {
+        "AWS_ACCESS_KEY_ID": "wrong-" + secrets.token_hex(6),
+        "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(24),
+    }
+    folder = catalogs.build_adapter("locked-late", 900)
+    upload_s3(catalogs.s3(), BUCKET, "locked-loras/locked-late/", tree_files(folder))
+    catalogs.publish("locked-loras")
+    _put_secret(deployment, LOCKED_SECRET, wrong)
+    try:
+        time.sleep(STORAGE_REFRESH_SECONDS + 3)
+        status, raw = _post_raw(deployment, f"{MODEL_ID}:locked-late")
+        assert status == 503, raw
+        assert '"AccessDenied"' in raw and "access denied" in raw, raw
+        for value in [*right.values(), *wrong.values()]:
+            for form in (value, base64.b64encode(value.encode()).decode()):
+                assert form not in raw, raw
+    finally:
+        _put_secret(deployment, LOCKED_SECRET, right)
+    _eventually(
+        lambda: _post(deployment, f"{MODEL_ID}:locked-late")[0] == 200,
+        STORAGE_REFRESH_SECONDS + FAILURE_MEMORY_S + 15,
+        "the adapter to be servable with the right keys back",
+    )
+
+
+def _put_secret(deployment: Deployment, name: str, data: dict[str, str]) -> None:
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "stringData": data,
+    }
+    deployment.catalogs.plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+
+
+def _post_raw(deployment: Deployment, model: str) -> tuple[int, str]:
+    """Everything a client receives: status line, headers and body, as text."""
+    body = json.dumps({"model": model, "prompt": "The quick", "max_tokens": 4}).encode()
+    request = urllib.request.Request(
+        deployment.base_url + "/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, headers, payload = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        status, headers, payload = err.code, err.headers, err.read()
+    return status, f"HTTP {status}\n{headers}\n{payload.decode(errors='replace')}"
 
 
 def test_new_adapter_in_storage_becomes_servable_without_restart(deployment: Deployment) -> None:
@@ -316,6 +377,10 @@ def test_50_concurrent_requests_over_8_adapters_all_succeed(deployment: Deployme
 
 
 def test_metrics_count_requests_and_loads_per_adapter(deployment: Deployment) -> None:
+    # This test's own traffic: a0 served (loaded) and an invented name refused.
+    assert _post(deployment, f"{MODEL_ID}:a0")[0] == 200
+    assert _post(deployment, f"{MODEL_ID}:invented-metrics")[0] == 404
+
     def scrape() -> str:
         with urllib.request.urlopen(deployment.metrics_url, timeout=10) as response:
             text: str = response.read().decode()

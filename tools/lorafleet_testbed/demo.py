@@ -49,10 +49,19 @@ SYSTEM: Final = "lorafleet-system"
 RELEASE: Final = "lorafleet"
 MODEL: Final = "tiny"
 CATALOG: Final = "demo-adapters"
+# The Secret with MinIO's keys that the AdapterCatalog and the LoRAModel name.
+CREDENTIALS_SECRET: Final = "demo-s3"
 EXAMPLES: Final = REPO_ROOT / "examples" / "demo"
 MINIO_PORT: Final = 9000
 # Held back at the start: the "what to try next" step uploads it.
 LATE_ADAPTER: Final = "legal"
+
+
+def debug_logging() -> bool:
+    """LORAFLEET_DEMO_LOG_LEVEL=debug: the operator logs at DEBUG (the chart's
+    ``operator.verbose``) and so do Ray's Python loggers in the Ray pods (``RAY_LOGGER_LEVEL``).
+    Tests search those logs for secrets, at the level that logs the most."""
+    return os.environ.get("LORAFLEET_DEMO_LOG_LEVEL", "").lower() == "debug"
 
 
 def demo_dir() -> Path:
@@ -151,7 +160,10 @@ def _start() -> tuple[DemoState, KubeRayCluster]:
         detach=True,
         # Our CRDs come with the chart, as on a cluster; KubeRay's are a prerequisite.
         crd_dirs=(KUBERAY_CRD_DIR,),
-        pod_env={"LORAFLEET_ADAPTER_CACHE": str(demo_dir() / "adapter-cache")},
+        pod_env={
+            "LORAFLEET_ADAPTER_CACHE": str(demo_dir() / "adapter-cache"),
+            **({"RAY_LOGGER_LEVEL": "debug"} if debug_logging() else {}),
+        },
     )
     print(f"  cluster network namespace {cluster.netns.name}, node {cluster.node_ip}")
     state = DemoState(
@@ -228,6 +240,7 @@ def _converge(state: DemoState, cluster: KubeRayCluster) -> None:
             "-n",
             SYSTEM,
             "--create-namespace",
+            *(["--set", "operator.verbose=true"] if debug_logging() else []),
         ],
         capture_output=True,
         text=True,
@@ -259,7 +272,7 @@ def _converge(state: DemoState, cluster: KubeRayCluster) -> None:
         "create",
         "secret",
         "generic",
-        "demo-s3",
+        CREDENTIALS_SECRET,
         "-n",
         NAMESPACE,
         f"--from-literal=AWS_ACCESS_KEY_ID={state.access_key}",
