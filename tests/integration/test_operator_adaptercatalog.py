@@ -10,6 +10,7 @@ import json
 import secrets
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,19 @@ class Bucket:
             self.client.delete_object(Bucket=self.name, Key=entry["Key"])
 
 
+@dataclass(frozen=True)
+class Tree:
+    """The catalog's files on disk (built once per module) and the expected reason per adapter."""
+
+    root: Path
+    expected: dict[str, str | None]
+
+
 @pytest.fixture(scope="module")
-def bucket(minio: MinioServer, tmp_path_factory: pytest.TempPathFactory) -> Bucket:
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
     adapters = build_real_adapters(tmp_path_factory.getbasetemp() / "tiny-lora")
     root = tmp_path_factory.mktemp("operator-catalog") / "loras"
-    expected = write_catalog_tree(root, adapters)
-    return Bucket(minio, root, expected)
+    return Tree(root, write_catalog_tree(root, adapters))
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +94,36 @@ def namespace(control_plane: ControlPlane) -> str:
     return NAMESPACE
 
 
+@pytest.fixture
+def bucket(minio: MinioServer, tree: Tree, namespace: str) -> Bucket:
+    """A bucket of this test's own, filled with the module's tree: what one test adds, changes
+    or deletes is never seen by another."""
+    return Bucket(minio, tree.root, tree.expected)
+
+
+def _synced_catalog(
+    plane: ControlPlane, minio: MinioServer, bucket: Bucket, name: str
+) -> dict[str, Any]:
+    """Credentials Secret ``<name>-credentials`` and catalog ``name`` on ``bucket``, Ready."""
+    _secret(plane, minio, minio.secret_key, name=f"{name}-credentials")
+    _apply(plane, _catalog_manifest(bucket.uri, minio.endpoint, name=name))
+    return _wait_ready(plane, name)
+
+
 def _apply(plane: ControlPlane, obj: dict[str, Any], *, check: bool = True) -> Any:
     return plane.kubectl(
         "apply", "-n", NAMESPACE, "-f", "-", input_text=json.dumps(obj), check=check
     )
 
 
-def _secret(plane: ControlPlane, minio: MinioServer, secret_key: str) -> None:
+def _secret(plane: ControlPlane, minio: MinioServer, secret_key: str, *, name: str) -> None:
     data = {"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     _apply(
         plane,
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "minio-credentials"},
+            "metadata": {"name": name},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         },
     )
@@ -114,7 +138,7 @@ def _catalog_manifest(uri: str, endpoint: str, name: str = CATALOG) -> dict[str,
             "source": {
                 "uri": uri,
                 "endpoint": endpoint,
-                "credentialsSecretRef": {"name": "minio-credentials"},
+                "credentialsSecretRef": {"name": f"{name}-credentials"},
             },
             "baseModel": TINY_MODEL_ID,
             "syncInterval": SYNC_INTERVAL,
@@ -150,6 +174,17 @@ def _index(plane: ControlPlane, name: str = CATALOG) -> dict[str, Any]:
     return {record.name: record for record in read_index(manifest, shards)}
 
 
+def _wait_ready(plane: ControlPlane, name: str, timeout: float = 90) -> dict[str, Any]:
+    """Catalog ``name`` once Ready (reason Synced); on a timeout, fail showing its conditions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready := _ready(plane, name=name):
+            return ready
+        time.sleep(0.5)
+    status = _catalog(plane, name).get("status", {})
+    pytest.fail(f"{name} not Ready after {timeout:.0f} s: {status.get('conditions')}")
+
+
 def _events(plane: ControlPlane, name: str = CATALOG) -> list[dict[str, Any]]:
     found = get_json(
         plane, "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={name}"
@@ -157,8 +192,8 @@ def _events(plane: ControlPlane, name: str = CATALOG) -> list[dict[str, Any]]:
     return list(found.get("items", []))
 
 
-def _event_messages(plane: ControlPlane, reason: str) -> list[str]:
-    return [e.get("message", "") for e in _events(plane) if e.get("reason") == reason]
+def _event_messages(plane: ControlPlane, reason: str, name: str = CATALOG) -> list[str]:
+    return [e.get("message", "") for e in _events(plane, name) if e.get("reason") == reason]
 
 
 def _ready(plane: ControlPlane, reason: str = "Synced", name: str = CATALOG) -> dict[str, Any]:
@@ -190,9 +225,7 @@ def test_a_catalog_syncs_into_status_and_an_owned_index(
     bucket: Bucket,
     lorafleet_operator: OperatorProcess,
 ) -> None:
-    _secret(control_plane, minio, minio.secret_key)
-    _apply(control_plane, _catalog_manifest(bucket.uri, minio.endpoint))
-    catalog = eventually(lambda: _ready(control_plane), timeout=60, what="catalog Ready")
+    catalog = _synced_catalog(control_plane, minio, bucket, CATALOG)
     status = catalog["status"]
     valid = sorted(n for n, r in bucket.expected.items() if r is None)
     invalid = {n: r for n, r in bucket.expected.items() if r is not None}
@@ -244,7 +277,9 @@ def test_a_catalog_syncs_into_status_and_an_owned_index(
     ]
 
 
-def _loramodel(max_lora_rank: int | None, kind: str | None = None) -> dict[str, Any]:
+def _loramodel(
+    max_lora_rank: int | None, kind: str | None = None, catalog: str = CATALOG
+) -> dict[str, Any]:
     engine: dict[str, Any] = {"maxLoraRank": max_lora_rank} if max_lora_rank else {}
     if kind is not None:
         engine["kind"] = kind
@@ -254,7 +289,7 @@ def _loramodel(max_lora_rank: int | None, kind: str | None = None) -> dict[str, 
         "metadata": {"name": f"tiny-{kind}" if kind else f"tiny-r{max_lora_rank or 'auto'}"},
         "spec": {
             "baseModel": {"source": TINY_MODEL_ID},
-            "catalogs": [{"name": CATALOG}],
+            "catalogs": [{"name": catalog}],
             "engine": engine,
         },
     }
@@ -274,13 +309,22 @@ def _served(plane: ControlPlane, model: str, served: int) -> dict[str, Any]:
 
 
 def test_adds_changes_and_removals_show_up_after_a_sync_request_with_events(
-    control_plane: ControlPlane, bucket: Bucket, lorafleet_operator: OperatorProcess
+    control_plane: ControlPlane,
+    minio: MinioServer,
+    bucket: Bucket,
+    lorafleet_operator: OperatorProcess,
 ) -> None:
+    name = "changes"
+    _synced_catalog(control_plane, minio, bucket, name)
     # Three LoRAModels follow the catalog: one with an explicit rank limit of 8 (support-v2,
     # rank 16, is incompatible), one whose limit follows the catalog (16: every adapter vLLM
     # can serve fits), both vLLM, which refuses dora and modules-to-save; and a PEFT one,
     # which serves modules-to-save and refuses dora.
-    for model in (_loramodel(8), _loramodel(None), _loramodel(None, kind="peft")):
+    for model in (
+        _loramodel(8, catalog=name),
+        _loramodel(None, catalog=name),
+        _loramodel(None, kind="peft", catalog=name),
+    ):
         _apply(control_plane, model)
     limited = eventually(lambda: _served(control_plane, "tiny-r8", 2), what="2 served")
     assert limited["status"]["adapters"]["incompatible"] == 3
@@ -301,22 +345,24 @@ def test_adds_changes_and_removals_show_up_after_a_sync_request_with_events(
     bucket.copy_adapter("support-v1", "new-adapter")  # added, rank 8
     bucket.copy_adapter("billing", "billing", lora_alpha=64)  # re-uploaded: new revision
     bucket.delete_adapter("dora")  # one no engine serves goes away
-    _request_sync(control_plane)
+    _request_sync(control_plane, name)
 
     eventually(
-        lambda: "new-adapter" in _index(control_plane) and "dora" not in _index(control_plane),
+        lambda: "new-adapter" in (index := _index(control_plane, name)) and "dora" not in index,
         what="index with the new adapter and without the removed one",
     )
-    index = _index(control_plane)
+    index = _index(control_plane, name)
     assert index["billing"].alpha == 64.0
     eventually(
-        lambda: "Added 1 adapter: new-adapter" in _event_messages(control_plane, "AdaptersAdded"),
+        lambda: (
+            "Added 1 adapter: new-adapter" in _event_messages(control_plane, "AdaptersAdded", name)
+        ),
         what="AdaptersAdded event",
     )
     assert "Changed (new revision) 1 adapter: billing" in _event_messages(
-        control_plane, "AdaptersChanged"
+        control_plane, "AdaptersChanged", name
     )
-    assert "Removed 1 adapter: dora" in _event_messages(control_plane, "AdaptersRemoved")
+    assert "Removed 1 adapter: dora" in _event_messages(control_plane, "AdaptersRemoved", name)
 
     # The LoRAModels count the new adapter; their RayServices are not touched: adapters
     # never change rayClusterConfig or serveConfigV2 (the rank bucket did not move).
@@ -331,12 +377,17 @@ def test_adds_changes_and_removals_show_up_after_a_sync_request_with_events(
 
 
 def test_without_a_request_the_next_period_picks_changes_up(
-    control_plane: ControlPlane, bucket: Bucket, lorafleet_operator: OperatorProcess
+    control_plane: ControlPlane,
+    minio: MinioServer,
+    bucket: Bucket,
+    lorafleet_operator: OperatorProcess,
 ) -> None:
+    _synced_catalog(control_plane, minio, bucket, "periodic")
+    assert "periodic-adapter" not in _index(control_plane, "periodic")
     bucket.copy_adapter("support-v2", "periodic-adapter")
     started = time.monotonic()
     eventually(
-        lambda: "periodic-adapter" in _index(control_plane),
+        lambda: "periodic-adapter" in _index(control_plane, "periodic"),
         timeout=45,
         what="the periodic sync",
     )
@@ -344,18 +395,26 @@ def test_without_a_request_the_next_period_picks_changes_up(
 
 
 def test_a_deleted_index_configmap_is_restored_by_the_next_sync(
-    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+    control_plane: ControlPlane,
+    minio: MinioServer,
+    bucket: Bucket,
+    lorafleet_operator: OperatorProcess,
 ) -> None:
-    before = _index(control_plane)
-    control_plane.kubectl("delete", "configmap", manifest_name(CATALOG) + ".0", "-n", NAMESPACE)
+    name = "restored"
+    _synced_catalog(control_plane, minio, bucket, name)
+    before = _index(control_plane, name)
+    assert {n: r.reason for n, r in before.items()} == bucket.expected
+    control_plane.kubectl("delete", "configmap", manifest_name(name) + ".0", "-n", NAMESPACE)
+    with pytest.raises(IndexFormatError):
+        _index(control_plane, name)  # the deletion really broke the index
 
     def restored() -> bool:
         try:
-            return _index(control_plane) == before
+            return _index(control_plane, name) == before
         except IndexFormatError:
             return False  # a shard is missing until the sync writes it again
 
-    _request_sync(control_plane)
+    _request_sync(control_plane, name)
     eventually(restored, what="the deleted shard written again")
 
 
@@ -365,85 +424,117 @@ def test_an_outage_keeps_the_last_good_index_and_recovers(
     bucket: Bucket,
     lorafleet_operator: OperatorProcess,
 ) -> None:
-    good = _catalog(control_plane)
-    index_before = _index(control_plane)
+    name = "outage"
+    good = _synced_catalog(control_plane, minio, bucket, name)
+    _apply(control_plane, {**_loramodel(None, catalog=name), "metadata": {"name": "outage"}})
+    served = eventually(
+        lambda: (
+            (m := get_json(control_plane, "loramodels", "outage", "-n", NAMESPACE))
+            and m.get("status", {}).get("adapters", {}).get("served")
+            and m
+        ),
+        what="the LoRAModel serving the catalog's adapters",
+    )
+    index_before = _index(control_plane, name)
     minio.stop()
     try:
         down = eventually(
-            lambda: _ready(control_plane, "StorageUnreachable"), timeout=60, what="unreachable"
+            lambda: _ready(control_plane, "StorageUnreachable", name),
+            timeout=60,
+            what="unreachable",
         )
         assert condition(down, "Ready")["status"] == "False"
         assert condition(down, "Synced")["status"] == "False"
         assert down["status"]["counts"] == good["status"]["counts"]
-        assert _index(control_plane) == index_before  # nothing lost
-        model = get_json(control_plane, "loramodels", "tiny-rauto", "-n", NAMESPACE)
-        assert model["status"]["adapters"]["served"] > 0
+        assert _index(control_plane, name) == index_before  # nothing lost
+        model = get_json(control_plane, "loramodels", "outage", "-n", NAMESPACE)
+        assert model["status"]["adapters"] == served["status"]["adapters"]
     finally:
         minio.start()
-    eventually(lambda: _ready(control_plane), timeout=90, what="recovery after the outage")
+    eventually(lambda: _ready(control_plane, name=name), timeout=90, what="recovery")
 
 
 def test_wrong_credentials_are_access_denied_until_fixed(
-    control_plane: ControlPlane, minio: MinioServer, lorafleet_operator: OperatorProcess
+    control_plane: ControlPlane,
+    minio: MinioServer,
+    bucket: Bucket,
+    lorafleet_operator: OperatorProcess,
 ) -> None:
-    _secret(control_plane, minio, WRONG_SECRET)
-    _request_sync(control_plane)
-    denied = eventually(lambda: _ready(control_plane, "AccessDenied"), what="AccessDenied")
+    name = "denied"
+    _synced_catalog(control_plane, minio, bucket, name)
+    _secret(control_plane, minio, WRONG_SECRET, name=f"{name}-credentials")
+    _request_sync(control_plane, name)
+    denied = eventually(lambda: _ready(control_plane, "AccessDenied", name), what="AccessDenied")
     assert "SignatureDoesNotMatch" in condition(denied, "Ready")["message"]
     assert denied["status"]["counts"]["valid"] > 0  # the last good sync stays
-    _secret(control_plane, minio, minio.secret_key)
-    _request_sync(control_plane)
-    eventually(lambda: _ready(control_plane), what="Ready again with the right secret")
+    _secret(control_plane, minio, minio.secret_key, name=f"{name}-credentials")
+    _request_sync(control_plane, name)
+    eventually(lambda: _ready(control_plane, name=name), what="Ready again with the right secret")
+
+    # Nothing the operator wrote or logged in that flow holds either key. The texts are
+    # not empty: they record the denial, so the search covers the failure path too.
+    texts = {
+        "status": json.dumps(_catalog(control_plane, name)),
+        "events": json.dumps(_events(control_plane, name)),
+        "log": lorafleet_operator.log_text(),
+        "configmaps": json.dumps(get_json(control_plane, "configmaps", "-n", NAMESPACE)),
+    }
+    assert "AccessDenied" in texts["events"] + texts["status"]
+    assert name in texts["log"]
+    assert manifest_name(name) in texts["configmaps"]
+    for what, text in texts.items():
+        assert minio.secret_key not in text, what
+        assert WRONG_SECRET not in text, what
 
 
-def test_credentials_never_reach_status_events_or_logs(
-    control_plane: ControlPlane, minio: MinioServer, lorafleet_operator: OperatorProcess
-) -> None:
-    texts = [
-        json.dumps(_catalog(control_plane)),
-        json.dumps(_events(control_plane)),
-        lorafleet_operator.log_text(),
-    ]
-    configmaps = get_json(control_plane, "configmaps", "-n", NAMESPACE)
-    texts.append(json.dumps(configmaps))
-    for text in texts:
-        assert minio.secret_key not in text
-        assert WRONG_SECRET not in text
-
-
-def test_a_mounted_folder_catalog_works_without_credentials(
-    control_plane: ControlPlane, bucket: Bucket, lorafleet_operator: OperatorProcess
-) -> None:
+def _mounted_catalog(plane: ControlPlane, tree: Tree, name: str, copy: Path) -> dict[str, Any]:
+    """A file:// catalog on a copy of the module's tree (the test may change it)."""
+    shutil.copytree(tree.root, copy, symlinks=True)
     _apply(
-        control_plane,
+        plane,
         {
             "apiVersion": "lorafleet.dev/v1alpha1",
             "kind": "AdapterCatalog",
-            "metadata": {"name": "pvc"},
+            "metadata": {"name": name},
             "spec": {
-                "source": {"uri": f"file://{bucket.tree}"},
+                "source": {"uri": f"file://{copy}"},
                 "baseModel": TINY_MODEL_ID,
                 "maxAdapterSize": MAX_ADAPTER_SIZE,
             },
         },
     )
-    catalog = eventually(lambda: _ready(control_plane, name="pvc"), what="pvc catalog Ready")
-    assert catalog["status"]["counts"]["found"] == len(bucket.expected)
-    assert {n: r.reason for n, r in _index(control_plane, "pvc").items()} == bucket.expected
+    return _wait_ready(plane, name)
+
+
+def test_a_mounted_folder_catalog_works_without_credentials(
+    control_plane: ControlPlane,
+    namespace: str,
+    tree: Tree,
+    tmp_path: Path,
+    lorafleet_operator: OperatorProcess,
+) -> None:
+    catalog = _mounted_catalog(control_plane, tree, "pvc", tmp_path / "loras")
+    assert "credentialsSecretRef" not in catalog["spec"]["source"]
+    assert catalog["status"]["counts"]["found"] == len(tree.expected)
+    assert {n: r.reason for n, r in _index(control_plane, "pvc").items()} == tree.expected
 
 
 def test_deleting_a_catalog_garbage_collects_its_index(
-    control_plane: ControlPlane, bucket: Bucket, lorafleet_operator: OperatorProcess
+    control_plane: ControlPlane,
+    namespace: str,
+    tree: Tree,
+    tmp_path: Path,
+    lorafleet_operator: OperatorProcess,
 ) -> None:
-    assert _index(control_plane, "pvc")
-    control_plane.kubectl("delete", "adaptercatalog", "pvc", "-n", NAMESPACE)
+    _mounted_catalog(control_plane, tree, "doomed", tmp_path / "loras")
+    assert _index(control_plane, "doomed")
+    control_plane.kubectl("delete", "adaptercatalog", "doomed", "-n", NAMESPACE)
     eventually(
         lambda: (
             not get_json(
-                control_plane, "configmaps", "-n", NAMESPACE, "-l", f"{LABEL_CATALOG}=pvc"
+                control_plane, "configmaps", "-n", NAMESPACE, "-l", f"{LABEL_CATALOG}=doomed"
             ).get("items")
         ),
         timeout=60,
         what="index ConfigMaps garbage-collected",
     )
-    shutil.rmtree(bucket.tree, ignore_errors=True)

@@ -76,6 +76,12 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     return root, write_catalog_tree(root, adapters)
 
 
+@pytest.fixture(scope="module")
+def namespace(control_plane: ControlPlane) -> str:
+    control_plane.kubectl("create", "namespace", NAMESPACE)
+    return NAMESPACE
+
+
 def _apply(plane: ControlPlane, obj: dict[str, Any]) -> None:
     plane.kubectl("apply", "-n", NAMESPACE, "-f", "-", input_text=json.dumps(obj))
 
@@ -98,9 +104,9 @@ def test_catalog_figures_failures_and_reconciles_match_what_the_cluster_says(
     control_plane: ControlPlane,
     lorafleet_operator: OperatorProcess,
     folder: tuple[Path, dict[str, str | None]],
+    namespace: str,
 ) -> None:
     root, expected = folder
-    control_plane.kubectl("create", "namespace", NAMESPACE)
     _, before = scrape(lorafleet_operator)
     models_before = reconciles(before, "LoRAModel", "success")
 
@@ -216,16 +222,26 @@ def test_catalog_figures_failures_and_reconciles_match_what_the_cluster_says(
 
 
 def test_a_deleted_catalog_leaves_no_series_behind(
-    control_plane: ControlPlane, lorafleet_operator: OperatorProcess
+    control_plane: ControlPlane,
+    lorafleet_operator: OperatorProcess,
+    folder: tuple[Path, dict[str, str | None]],
+    namespace: str,
 ) -> None:
-    _, samples = scrape(lorafleet_operator)
-    assert catalog_samples(samples, CATALOG)
-    assert catalog_samples(samples, BROKEN)
-    control_plane.kubectl("delete", "adaptercatalog", CATALOG, BROKEN, "-n", NAMESPACE)
+    root, _ = folder
+    synced, broken = "doomed-folder", "doomed-missing"
+    _apply(control_plane, _catalog(synced, f"file://{root}"))
+    _apply(control_plane, _catalog(broken, f"file://{root.parent}/no-such-folder"))
+
+    def present() -> bool:
+        _, now = scrape(lorafleet_operator)
+        return bool(catalog_samples(now, synced) and catalog_samples(now, broken))
+
+    eventually(present, what="series for both catalogs")
+    control_plane.kubectl("delete", "adaptercatalog", synced, broken, "-n", NAMESPACE)
 
     def gone() -> bool:
         _, now = scrape(lorafleet_operator)
-        return not catalog_samples(now, CATALOG) and not catalog_samples(now, BROKEN)
+        return not catalog_samples(now, synced) and not catalog_samples(now, broken)
 
     eventually(gone, what="the deleted catalogs' series removed")
     # Counters by kind stay: they are the operator's history, not the catalog's.
