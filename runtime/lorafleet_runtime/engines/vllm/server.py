@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from ray import serve
+from ray.llm._internal.common.utils.cloud_utils import CloudFileSystem, is_remote_path
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
 from ray.serve.llm.deployment import LLMServer
 
@@ -57,6 +58,22 @@ _LEASED: ContextVar[str | None] = ContextVar("lorafleet_leased_adapter", default
 _ARRIVAL_TIER: ContextVar[str] = ContextVar("lorafleet_arrival_tier", default="base")
 
 
+def base_model_problem(model_source: str) -> str | None:
+    """Why a bucket ``model_source`` cannot be a base model (None when it can, or when it is
+    not a bucket URI). Read with the storage client Ray Serve LLM downloads with, so with the
+    same credentials and endpoint; an unreadable config.json counts as missing."""
+    if not is_remote_path(model_source):
+        return None
+    config = CloudFileSystem.get_file(model_source.rstrip("/") + "/config.json")
+    if config is None:
+        return (
+            f"baseModel.source {model_source} holds no readable config.json: it must be the "
+            "folder of a Hugging Face model (config.json, tokenizer and weights), readable "
+            "with the runtime's storage credentials"
+        )
+    return None
+
+
 def runtime_args_of(llm_config: Any) -> RuntimeArgs:
     return RuntimeArgs.from_serve_args(llm_config.experimental_configs[EXPERIMENTAL_KEY])
 
@@ -86,6 +103,12 @@ class LoraFleetServer(LLMServer):  # type: ignore[misc]
     # Ray Serve awaits async constructors (LLMServer's is one); mypy does not know that.
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         args = runtime_args_of(llm_config)
+        problem = await asyncio.to_thread(base_model_problem, args.model_source)
+        if problem is not None:
+            # Fail the replica now, with the reason in Serve's status (and so in the
+            # LoRAModel's Degraded condition): without config.json, Ray Serve LLM hands vLLM
+            # the bucket URI as a model name, and the replica hangs in its constructor.
+            raise RuntimeError(problem)
         self._args = args
         self._index = AdapterIndex(
             catalogs=args.catalogs, source=open_index_source(args.catalog_index_dir)
