@@ -11,6 +11,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,3 +120,19 @@ class KillOnEvent:
     def _get(conn: http.client.HTTPSConnection, path: str) -> bytes:
         conn.request("GET", path)
         return conn.getresponse().read()
+
+
+def apply_in(plane: ControlPlane, obj: dict[str, Any] | Path, namespace: str) -> None:
+    """``kubectl apply`` of a file or an object into ``namespace``."""
+    if isinstance(obj, Path):
+        plane.kubectl("apply", "-n", namespace, "-f", str(obj))
+    else:
+        plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(obj))
+
+
+def rayservice_for(plane: ControlPlane, namespace: str, model: str) -> dict[str, Any]:
+    """The one RayService the operator made for LoRAModel ``model``; {} when there is none."""
+    items = get_json(
+        plane, "rayservices", "-n", namespace, "-l", f"lorafleet.dev/loramodel={model}"
+    ).get("items", [])
+    return items[0] if len(items) == 1 else {}

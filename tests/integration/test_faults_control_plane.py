@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,7 +43,14 @@ from lorafleet_testbed.controlplane import ControlPlane
 from lorafleet_testbed.storage import MinioServer
 from lorafleet_testbed.toolchain import REPO_ROOT
 
-from .conftest import KillOnEvent, OperatorProcess, eventually, get_json
+from .conftest import (
+    KillOnEvent,
+    OperatorProcess,
+    apply_in,
+    eventually,
+    get_json,
+    rayservice_for,
+)
 
 MINIMAL = REPO_ROOT / "examples" / "lora-model-minimal.yaml"
 DRIFT_SECONDS = 2
@@ -95,20 +101,6 @@ def _namespace(plane: ControlPlane, prefix: str) -> str:
     name = f"{prefix}-{secrets.token_hex(3)}"
     plane.kubectl("create", "namespace", name)
     return name
-
-
-def _apply(plane: ControlPlane, obj: dict[str, Any] | Path, namespace: str) -> None:
-    if isinstance(obj, Path):
-        plane.kubectl("apply", "-n", namespace, "-f", str(obj))
-    else:
-        plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(obj))
-
-
-def _rayservice_for(plane: ControlPlane, namespace: str, model: str) -> dict[str, Any]:
-    items = get_json(
-        plane, "rayservices", "-n", namespace, "-l", f"lorafleet.dev/loramodel={model}"
-    ).get("items", [])
-    return items[0] if len(items) == 1 else {}
 
 
 def _max_loras(rayservice: dict[str, Any]) -> int:
@@ -172,7 +164,7 @@ def _catalog(
         "metadata": {"name": f"{name}-keys"},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()},
     }
-    _apply(plane, secret, namespace)
+    apply_in(plane, secret, namespace)
     catalog = {
         "apiVersion": "lorafleet.dev/v1alpha1",
         "kind": "AdapterCatalog",
@@ -186,7 +178,7 @@ def _catalog(
             "syncInterval": interval,
         },
     }
-    _apply(plane, catalog, namespace)
+    apply_in(plane, catalog, namespace)
 
 
 def _synced_count(plane: ControlPlane, namespace: str, name: str) -> int:
@@ -307,8 +299,8 @@ def test_operator_and_index_reader_ride_out_a_control_plane_restart(
     tampered RayService, and periodic catalog syncs still run. The runtime's index reader
     serves its last index throughout and then picks up a new adapter."""
     ns = _namespace(plane, "cp-" + component.split("-")[-1])
-    _apply(plane, MINIMAL, ns)
-    rs = eventually(lambda: _rayservice_for(plane, ns, "qwen-mini"), what="the RayService")
+    apply_in(plane, MINIMAL, ns)
+    rs = eventually(lambda: rayservice_for(plane, ns, "qwen-mini"), what="the RayService")
     bucket = Bucket(minio)
     first = sorted(f"a{i}" for i in range(3))
     bucket.add(first)
@@ -334,7 +326,7 @@ def test_operator_and_index_reader_ride_out_a_control_plane_restart(
         # Edits made right after recovery (nothing can be written while it is down).
         _patch_max_loras(plane, ns, "qwen-mini", 12)
         edit_seconds = _timed(
-            lambda: _max_loras(_rayservice_for(plane, ns, "qwen-mini")) == 12,
+            lambda: _max_loras(rayservice_for(plane, ns, "qwen-mini")) == 12,
             timeout=RECOVERY_BOUND_SECONDS,
             what="the edit made after the restart to reach the RayService",
         )

@@ -14,7 +14,15 @@ import yaml
 from lorafleet_testbed.controlplane import ControlPlane
 from lorafleet_testbed.toolchain import REPO_ROOT
 
-from .conftest import KillOnEvent, OperatorProcess, condition, eventually, get_json
+from .conftest import (
+    KillOnEvent,
+    OperatorProcess,
+    apply_in,
+    condition,
+    eventually,
+    get_json,
+    rayservice_for,
+)
 
 EXAMPLE = REPO_ROOT / "examples" / "lora-model.yaml"
 
@@ -22,20 +30,6 @@ EXAMPLE = REPO_ROOT / "examples" / "lora-model.yaml"
 def _namespace(plane: ControlPlane, name: str) -> str:
     plane.kubectl("create", "namespace", name)
     return name
-
-
-def _apply(plane: ControlPlane, obj: dict[str, Any] | Path, namespace: str) -> None:
-    if isinstance(obj, Path):
-        plane.kubectl("apply", "-n", namespace, "-f", str(obj))
-    else:
-        plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(obj))
-
-
-def _rayservice_for(plane: ControlPlane, namespace: str, model: str) -> dict[str, Any]:
-    items = get_json(
-        plane, "rayservices", "-n", namespace, "-l", f"lorafleet.dev/loramodel={model}"
-    ).get("items", [])
-    return items[0] if len(items) == 1 else {}
 
 
 def _serve_args(rayservice: dict[str, Any]) -> dict[str, Any]:
@@ -111,8 +105,8 @@ def test_example_becomes_a_rayservice_and_edits_follow(
     control_plane: ControlPlane, lorafleet_operator: OperatorProcess
 ) -> None:
     ns = _namespace(control_plane, "op-example")
-    _apply(control_plane, EXAMPLE, ns)
-    rs = eventually(lambda: _rayservice_for(control_plane, ns, "qwen"), what="the RayService")
+    apply_in(control_plane, EXAMPLE, ns)
+    rs = eventually(lambda: rayservice_for(control_plane, ns, "qwen"), what="the RayService")
     assert rs["metadata"]["ownerReferences"][0]["kind"] == "LoRAModel"
     assert rs["spec"]["serveService"]["metadata"]["name"] == "qwen"
     assert _serve_args(rs)["engine"]["max_loras"] == 8
@@ -149,7 +143,7 @@ def test_example_becomes_a_rayservice_and_edits_follow(
     )
     edited = eventually(
         lambda: (
-            (r := _rayservice_for(control_plane, ns, "qwen"))
+            (r := rayservice_for(control_plane, ns, "qwen"))
             and _serve_args(r)["engine"]["max_loras"] == 12
             and r
         ),
@@ -162,8 +156,8 @@ def test_reapplying_the_same_spec_writes_nothing(
     control_plane: ControlPlane, lorafleet_operator: OperatorProcess
 ) -> None:
     ns = _namespace(control_plane, "op-noop")
-    _apply(control_plane, EXAMPLE, ns)
-    rs = eventually(lambda: _rayservice_for(control_plane, ns, "qwen"), what="the RayService")
+    apply_in(control_plane, EXAMPLE, ns)
+    rs = eventually(lambda: rayservice_for(control_plane, ns, "qwen"), what="the RayService")
     eventually(
         lambda: (
             get_json(control_plane, "loramodel", "qwen", "-n", ns)
@@ -173,7 +167,7 @@ def test_reapplying_the_same_spec_writes_nothing(
         what="status",
     )
     before = rs["metadata"]["resourceVersion"]
-    _apply(control_plane, EXAMPLE, ns)
+    apply_in(control_plane, EXAMPLE, ns)
     # An annotation edit makes kopf run the update handler: a reconcile with nothing to do.
     control_plane.kubectl("annotate", "loramodel", "qwen", "-n", ns, "touched=1")
     eventually(
@@ -181,7 +175,7 @@ def test_reapplying_the_same_spec_writes_nothing(
         timeout=30,
         what="the operator to handle the touched LoRAModel",
     )
-    after = _rayservice_for(control_plane, ns, "qwen")
+    after = rayservice_for(control_plane, ns, "qwen")
     assert after["metadata"]["resourceVersion"] == before
 
 
@@ -218,8 +212,8 @@ def test_a_deprecated_router_policy_still_serves_and_the_user_is_told_once(
             "router": {"policy": "adapter-affinity"},
         },
     }
-    _apply(control_plane, old, ns)
-    rs = eventually(lambda: _rayservice_for(control_plane, ns, "old"), what="the RayService")
+    apply_in(control_plane, old, ns)
+    rs = eventually(lambda: rayservice_for(control_plane, ns, "old"), what="the RayService")
     assert _serve_args(rs)["router"] == {"policy": "lorafleet"}
     model = eventually(
         lambda: (
@@ -267,7 +261,7 @@ def test_a_deprecated_router_policy_still_serves_and_the_user_is_told_once(
         ),
         what="status without warnings for the edited spec",
     )
-    after = _rayservice_for(control_plane, ns, "old")
+    after = rayservice_for(control_plane, ns, "old")
     assert after["metadata"]["resourceVersion"] == rs["metadata"]["resourceVersion"]
     assert len(_events(control_plane, ns, "old", "DeprecatedRouterPolicy")) == 1
 
@@ -276,8 +270,8 @@ def test_deleting_the_loramodel_garbage_collects_the_rayservice(
     control_plane: ControlPlane, lorafleet_operator: OperatorProcess
 ) -> None:
     ns = _namespace(control_plane, "op-delete")
-    _apply(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
-    eventually(lambda: _rayservice_for(control_plane, ns, "qwen-mini"), what="the RayService")
+    apply_in(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
+    eventually(lambda: rayservice_for(control_plane, ns, "qwen-mini"), what="the RayService")
     control_plane.kubectl("delete", "loramodel", "qwen-mini", "-n", ns)
     eventually(
         lambda: not get_json(control_plane, "rayservices", "-n", ns).get("items"),
@@ -290,7 +284,7 @@ def test_rayservice_status_drives_the_conditions(
     control_plane: ControlPlane, lorafleet_operator: OperatorProcess
 ) -> None:
     ns = _namespace(control_plane, "op-status")
-    _apply(
+    apply_in(
         control_plane,
         {
             "apiVersion": "lorafleet.dev/v1alpha1",
@@ -300,7 +294,7 @@ def test_rayservice_status_drives_the_conditions(
         },
         ns,
     )
-    rs = eventually(lambda: _rayservice_for(control_plane, ns, "base-only"), what="RayService")
+    rs = eventually(lambda: rayservice_for(control_plane, ns, "base-only"), what="RayService")
 
     def model() -> dict[str, Any]:
         return get_json(control_plane, "loramodel", "base-only", "-n", ns)
@@ -433,7 +427,7 @@ def test_operator_killed_mid_reconcile_converges_after_restart(
         "-p",
         '{"spec": {"engine": {"maxLoras": 12, "maxCpuLoras": 32}}}',
     )
-    _apply(control_plane, _minimal_model("late", ns), ns)
+    apply_in(control_plane, _minimal_model("late", ns), ns)
     control_plane.kubectl("delete", "loramodel", "m1", "-n", ns)
     expected = sorted(["late", "m0", *(f"m{i}" for i in range(2, count))])
 
@@ -443,7 +437,7 @@ def test_operator_killed_mid_reconcile_converges_after_restart(
         services = get_json(control_plane, "rayservices", "-n", ns).get("items", [])
         models = get_json(control_plane, "loramodels", "-n", ns).get("items", [])
         owners = sorted(s["metadata"]["ownerReferences"][0]["name"] for s in services)
-        m0 = _rayservice_for(control_plane, ns, "m0")
+        m0 = rayservice_for(control_plane, ns, "m0")
         return (
             owners == expected
             and all(m.get("status", {}).get("rayServiceName") for m in models)
@@ -474,12 +468,12 @@ def test_a_deleted_rayservice_is_recreated_and_no_finalizer_blocks_deletion(
     control_plane: ControlPlane, lorafleet_operator: OperatorProcess
 ) -> None:
     ns = _namespace(control_plane, "op-repair")
-    _apply(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
-    first = eventually(lambda: _rayservice_for(control_plane, ns, "qwen-mini"), what="RayService")
+    apply_in(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
+    first = eventually(lambda: rayservice_for(control_plane, ns, "qwen-mini"), what="RayService")
     control_plane.kubectl("delete", "rayservice", first["metadata"]["name"], "-n", ns)
     again = eventually(
         lambda: (
-            (r := _rayservice_for(control_plane, ns, "qwen-mini"))
+            (r := rayservice_for(control_plane, ns, "qwen-mini"))
             and r["metadata"]["uid"] != first["metadata"]["uid"]
             and r
         ),
@@ -514,8 +508,8 @@ def test_the_drift_check_repairs_what_no_event_reported(
     operator.start()
     try:
         ns = _namespace(control_plane, "op-drift")
-        _apply(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
-        rs = eventually(lambda: _rayservice_for(control_plane, ns, "qwen-mini"), what="RayService")
+        apply_in(control_plane, REPO_ROOT / "examples" / "lora-model-minimal.yaml", ns)
+        rs = eventually(lambda: rayservice_for(control_plane, ns, "qwen-mini"), what="RayService")
         name = rs["metadata"]["name"]
         applied = f"Applied RayService {ns}/{name}"
         # The create's own reconcile has logged its apply before the tampering starts.
