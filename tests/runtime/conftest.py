@@ -12,7 +12,8 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,3 +336,16 @@ def deployment(
         catalogs, control_plane, tmp_path_factory.mktemp("adapter-cache")
     ) as served:
         yield served
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check()`` every second until it returns something truthy; return it, or fail
+    saying ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    pytest.fail(f"timed out waiting for {what}; last: {last!r}")

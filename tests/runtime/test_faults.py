@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,15 @@ from lorafleet_testbed.controlplane import ControlPlane
 from lorafleet_testbed.storage import MinioServer
 from lorafleet_testbed.tinymodel import TINY_MODEL_ID, build_lora_adapter
 
-from .conftest import FAILURE_MEMORY_S, MODEL_ID, NAMESPACE, Catalogs, Deployment, serve_lorafleet
+from .conftest import (
+    FAILURE_MEMORY_S,
+    MODEL_ID,
+    NAMESPACE,
+    Catalogs,
+    Deployment,
+    eventually,
+    serve_lorafleet,
+)
 
 BUCKET = "fault-adapters"
 SECRET = "fault-credentials"
@@ -298,17 +306,6 @@ def _models(bed: FaultBed) -> set[str]:
         return {card["id"] for card in json.loads(response.read())["data"]}
 
 
-def _eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
-
-
 def _replica() -> tuple[str, int]:
     """(actor id, pid) of the one live LLM replica (from the GCS actor table)."""
     from ray._private import state
@@ -346,8 +343,8 @@ def _wait_replaced(bed: FaultBed, old_actor: str, adapter: str) -> tuple[str, in
             return (actor, pid) if actor != old_actor else None
         return None
 
-    _eventually(replaced, 240, "Serve to start a new replica")
-    answer = _eventually(
+    eventually(replaced, 240, "Serve to start a new replica")
+    answer = eventually(
         lambda: (a := _complete(bed, adapter)).status == 200 and a, 240, "the new replica"
     )
     # The one that answered (a replica whose engine failed to start was replaced again).
@@ -397,7 +394,7 @@ def test_storage_outage_keeps_cached_adapters_and_is_503_for_others_until_it_is_
     finally:
         bed.minio.start()
     # Back on the same port with the same objects: served without restarting anything.
-    recovered = _eventually(
+    recovered = eventually(
         lambda: (a := _complete(bed, "fresh1")).status == 200 and a,
         FAILURE_MEMORY_S + 30,
         "fresh1 to be served after the storage came back",
@@ -549,7 +546,7 @@ def test_replica_killed_mid_stream_gives_a_clean_error_then_serves_the_same_text
     for path in bed.built["stream3"].iterdir():
         assert (folder / path.name).read_bytes() == path.read_bytes()
     # The killed replica's engine went with it (nothing left holding memory).
-    _eventually(lambda: not _alive(engine_processes), 60, "the killed replica's engine to exit")
+    eventually(lambda: not _alive(engine_processes), 60, "the killed replica's engine to exit")
     print(f"mid-stream kill: {len(events)} events, error={error!r} errors={errors}")
 
 
@@ -574,7 +571,7 @@ def test_replica_killed_mid_download_never_loads_a_partial_file(bed: FaultBed) -
                     return found
             return None
 
-        partial = _eventually(partial_file, 60, "a partial download in the replica's cache")
+        partial = eventually(partial_file, 60, "a partial download in the replica's cache")
         time.sleep(1)
         sent = bed.proxy.sent
         # Mid-way: the weights file is open in a .partial- folder, not all of it came back.
@@ -606,5 +603,5 @@ def test_replica_killed_mid_download_never_loads_a_partial_file(bed: FaultBed) -
     )
     assert record_folder.name.startswith("big4@")
     assert (record_folder / "adapter_model.safetensors").read_bytes() == weights.read_bytes()
-    _eventually(lambda: not _alive(engine_processes), 60, "the killed replica's engine to exit")
+    eventually(lambda: not _alive(engine_processes), 60, "the killed replica's engine to exit")
     print(f"mid-download kill: sent {sent} of {size} bytes; client saw {killed.status}")

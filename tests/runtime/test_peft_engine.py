@@ -9,10 +9,9 @@ import concurrent.futures
 import json
 import re
 import shutil
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from lorafleet_testbed.controlplane import ControlPlane
 from lorafleet_testbed.tinymodel import build_lora_adapter
 
-from .conftest import APP_NAME, MODEL_ID, Catalogs, Deployment, serve_lorafleet
+from .conftest import APP_NAME, MODEL_ID, Catalogs, Deployment, eventually, serve_lorafleet
 
 pytestmark = pytest.mark.runtime
 
@@ -126,17 +125,6 @@ def _reference(catalogs: Catalogs, adapter_folder: Path | None, max_tokens: int)
 
 def _built(catalogs: Catalogs, name: str) -> Path:
     return catalogs.root / "built" / f"{name}-{catalogs.seeds[name]}"
-
-
-def _eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
 
 
 # ------------------------------------------------------------------------ answers
@@ -311,5 +299,5 @@ def test_batch_metrics_reach_rays_metrics_endpoint(deployment: Deployment) -> No
             text: str = response.read().decode()
         return text if re.search(r"lorafleet_batch_adapters_per_forward_bucket", text) else ""
 
-    text = _eventually(scrape, 60, "lorafleet_batch_* metrics")
+    text = eventually(scrape, 60, "lorafleet_batch_* metrics")
     assert "lorafleet_batch_forward_passes" in text

@@ -12,8 +12,6 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 if TYPE_CHECKING:
     import openai
 
@@ -29,6 +27,7 @@ from .conftest import (
     NAMESPACE,
     SERVABLE,
     Deployment,
+    eventually,
 )
 
 PROMPT = [{"role": "user", "content": "The quick brown fox"}]
@@ -83,17 +82,6 @@ def _post(deployment: Deployment, model: str) -> tuple[int, dict[str, Any]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-
-
-def _eventually(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
 
 
 def test_models_lists_base_and_every_servable_adapter(deployment: Deployment) -> None:
@@ -272,7 +260,7 @@ def test_a_catalog_secret_that_is_gone_is_503_access_denied_until_it_is_back(
     # Put back, it is read again (as a rotated key would be) without restarting anything.
     catalogs = deployment.catalogs
     catalogs.create_secret(LOCKED_SECRET)
-    _eventually(
+    eventually(
         lambda: _post(deployment, f"{MODEL_ID}:locked")[0] == 200,
         STORAGE_REFRESH_SECONDS + FAILURE_MEMORY_S + 15,
         "the adapter to be servable with its Secret back",
@@ -302,7 +290,7 @@ def test_a_catalog_secret_that_is_gone_is_503_access_denied_until_it_is_back(
                 assert form not in raw, raw
     finally:
         _put_secret(deployment, LOCKED_SECRET, right)
-    _eventually(
+    eventually(
         lambda: _post(deployment, f"{MODEL_ID}:locked-late")[0] == 200,
         STORAGE_REFRESH_SECONDS + FAILURE_MEMORY_S + 15,
         "the adapter to be servable with the right keys back",
@@ -340,7 +328,7 @@ def test_new_adapter_in_storage_becomes_servable_without_restart(deployment: Dep
     catalogs.upload_s3("fresh", catalogs.build_adapter("fresh", 900))
     catalogs.publish("s3-loras")
     model = f"{MODEL_ID}:fresh"
-    _eventually(
+    eventually(
         lambda: model in {m.id for m in _client(deployment).models.list().data},
         30,
         "the new adapter in /v1/models",
@@ -357,7 +345,7 @@ def test_reuploaded_adapter_serves_its_new_weights(deployment: Deployment) -> No
     catalogs.upload_s3("a3-next", new_folder)
     catalogs.upload_s3("a3", new_folder)
     catalogs.publish("s3-loras")
-    expected = _eventually(
+    expected = eventually(
         lambda: (
             _post(deployment, f"{MODEL_ID}:a3-next")[0] == 200
             and _tokens(deployment, f"{MODEL_ID}:a3-next")
@@ -366,7 +354,7 @@ def test_reuploaded_adapter_serves_its_new_weights(deployment: Deployment) -> No
         "a3-next to be servable",
     )
     assert expected != old
-    _eventually(lambda: _tokens(deployment, model) == expected, 30, "a3 to serve its new weights")
+    eventually(lambda: _tokens(deployment, model) == expected, 30, "a3 to serve its new weights")
 
 
 def test_50_concurrent_requests_over_8_adapters_all_succeed(deployment: Deployment) -> None:
@@ -387,7 +375,7 @@ def test_metrics_count_requests_and_loads_per_adapter(deployment: Deployment) ->
         ok = "lorafleet_requests" in text and "lorafleet_adapter_loads" in text
         return text if ok and 'adapter="a0"' in text else ""
 
-    text = _eventually(scrape, 60, "lorafleet metrics on Ray's metrics endpoint")
+    text = eventually(scrape, 60, "lorafleet metrics on Ray's metrics endpoint")
     assert "lorafleet_adapter_download_bytes" in text
     assert "lorafleet_adapter_evictions" in text
     assert "invented-" not in text
