@@ -432,10 +432,10 @@ def test_a_second_loramodel_fails_visibly_rolls_out_on_resource_edits_and_leaves
     demo: Demo,
 ) -> None:
     """A user's second LoRAModel names an adapter's folder as its base model (a plausible
-    mistake). Its application fails on the Ray pods: the LoRAModel is Degraded with the
-    application's own error. A resources edit changes rayClusterConfig only, and KubeRay rolls
-    out a new RayCluster with the new size. Deleting the LoRAModel removes everything it
-    created and nothing else."""
+    mistake). Its replicas fail on the Ray pods at once (the folder has no config.json): the
+    LoRAModel is Degraded with the replica's own error. A resources edit changes
+    rayClusterConfig only, and KubeRay rolls out a new RayCluster with the new size. Deleting
+    the LoRAModel removes everything it created and nothing else."""
     name = "second"
     before = _objects(demo)
     manifest = yaml.safe_load((EXAMPLES / "lora-model.yaml").read_text())
@@ -451,8 +451,11 @@ def test_a_second_loramodel_fails_visibly_rolls_out_on_resource_edits_and_leaves
             timeout=400,
         )
         assert degraded["reason"] == "ServeDeployFailed"
-        # vLLM's own words, from the replica that failed on the Ray worker pod.
-        assert "Invalid repository ID or local directory specified" in degraded["message"]
+        # The replica's own words, from the Ray worker pod: the folder holds no model.
+        assert (
+            "baseModel.source s3://lorafleet-demo/adapters/billing holds no readable config.json"
+            in degraded["message"]
+        ), degraded["message"]
         assert _conditions(demo, name)["Ready"]["status"] == "False"
 
         rayservice = demo.kubectl("get", "rayservice", name, "-n", "lorafleet-demo")
