@@ -38,7 +38,10 @@ def configure_logging(*, verbose: bool, log_format: str) -> None:
     if not verbose:
         logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
     for name in CREDENTIAL_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO)
+        logger = logging.getLogger(name)
+        # Raise, never lower: without --verbose kubernetes_asyncio stays at WARNING.
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
 
 
 def run_operator(
