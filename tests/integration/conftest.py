@@ -136,3 +136,26 @@ def rayservice_for(plane: ControlPlane, namespace: str, model: str) -> dict[str,
         plane, "rayservices", "-n", namespace, "-l", f"lorafleet.dev/loramodel={model}"
     ).get("items", [])
     return items[0] if len(items) == 1 else {}
+
+
+def tamper_rayservice(plane: ControlPlane, namespace: str, name: str) -> None:
+    """Strip the labels the operator watches RayServices by (so no event reaches it) and
+    overwrite the spec-hash annotation: only the drift check can notice and repair this."""
+    plane.kubectl(
+        "label",
+        "rayservice",
+        name,
+        "-n",
+        namespace,
+        "app.kubernetes.io/managed-by-",
+        "lorafleet.dev/loramodel-",
+    )
+    plane.kubectl(
+        "annotate",
+        "--overwrite",
+        "rayservice",
+        name,
+        "-n",
+        namespace,
+        "lorafleet.dev/spec-hash=tampered",
+    )

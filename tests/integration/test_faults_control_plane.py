@@ -50,6 +50,7 @@ from .conftest import (
     eventually,
     get_json,
     rayservice_for,
+    tamper_rayservice,
 )
 
 MINIMAL = REPO_ROOT / "examples" / "lora-model-minimal.yaml"
@@ -333,18 +334,7 @@ def test_operator_and_index_reader_ride_out_a_control_plane_restart(
         # The drift loop survived the outage: a RayService whose labels were stripped sends
         # no event, only the drift check (every 2 s) repairs it.
         name = rs["metadata"]["name"]
-        plane.kubectl(
-            "label", "rayservice", name, "-n", ns, "lorafleet.dev/loramodel-", "--overwrite"
-        )
-        plane.kubectl(
-            "annotate",
-            "--overwrite",
-            "rayservice",
-            name,
-            "-n",
-            ns,
-            "lorafleet.dev/spec-hash=tampered",
-        )
+        tamper_rayservice(plane, ns, name)
         drift_seconds = _timed(
             lambda: (
                 get_json(plane, "rayservice", name, "-n", ns)["metadata"]["annotations"][

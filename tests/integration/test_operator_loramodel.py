@@ -22,6 +22,7 @@ from .conftest import (
     eventually,
     get_json,
     rayservice_for,
+    tamper_rayservice,
 )
 
 EXAMPLE = REPO_ROOT / "examples" / "lora-model.yaml"
@@ -515,24 +516,7 @@ def test_the_drift_check_repairs_what_no_event_reported(
         # The create's own reconcile has logged its apply before the tampering starts.
         eventually(lambda: applied in operator.log_text(), what="the create to be logged")
         applies_before = operator.log_text().count(applied)
-        control_plane.kubectl(
-            "label",
-            "rayservice",
-            name,
-            "-n",
-            ns,
-            "app.kubernetes.io/managed-by-",
-            "lorafleet.dev/loramodel-",
-        )
-        control_plane.kubectl(
-            "annotate",
-            "--overwrite",
-            "rayservice",
-            name,
-            "-n",
-            ns,
-            "lorafleet.dev/spec-hash=tampered",
-        )
+        tamper_rayservice(control_plane, ns, name)
         tampered = time.monotonic()
         repaired = eventually(
             lambda: (
