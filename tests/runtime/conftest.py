@@ -134,17 +134,6 @@ class Catalogs:
     def publish(self, name: str) -> None:
         """Scan catalog ``name`` and write its index ConfigMaps, as one operator sync does."""
         spec = self.specs()[name]
-        obj = {
-            "apiVersion": "lorafleet.dev/v1alpha1",
-            "kind": "AdapterCatalog",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": spec,
-        }
-        self.plane.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(obj))
-        live = json.loads(
-            self.plane.kubectl("get", "adaptercatalog", name, "-n", NAMESPACE, "-o", "json").stdout
-        )
-        catalog = AdapterCatalog.from_object(live)
         credentials = None
         if spec["source"]["uri"].startswith("s3://"):
             credentials = StorageCredentials(
@@ -154,25 +143,9 @@ class Catalogs:
                     "AWS_SECRET_ACCESS_KEY": self.minio.secret_key,
                 },
             )
-
         # The operator finds the GCS emulator the way google-cloud-storage does (no ADC here).
-        if name == "gcs-loras":
-            os.environ["STORAGE_EMULATOR_HOST"] = self.gcs.endpoint
-        try:
-            records = asyncio.run(scan_source(catalog.spec, credentials)).records
-        finally:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        rendered = render_index_configmaps(catalog, records, "test")
-        documents = [*rendered.shard_configmaps, rendered.manifest_configmap]
-        self.plane.kubectl(
-            "apply",
-            "--server-side",
-            "--field-manager=test-catalog-sync",
-            "--force-conflicts",
-            "-f",
-            "-",
-            input_text=yaml.safe_dump_all(documents),
-        )
+        gcs = self.gcs.endpoint if name == "gcs-loras" else None
+        publish_catalog(self.plane, name, spec, credentials, gcs_endpoint=gcs)
 
 
 # One set of catalogs per session (the storage servers and the control plane are per session):
@@ -349,3 +322,43 @@ def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
             return last
         time.sleep(1)
     pytest.fail(f"timed out waiting for {what}; last: {last!r}")
+
+
+def publish_catalog(
+    plane: ControlPlane,
+    name: str,
+    spec: dict[str, Any],
+    credentials: StorageCredentials | None,
+    *,
+    gcs_endpoint: str | None = None,
+) -> None:
+    """Apply AdapterCatalog ``name`` and write its index ConfigMaps from a real scan of its
+    storage, as one operator sync does (the runtime tests run no operator)."""
+    obj = {
+        "apiVersion": "lorafleet.dev/v1alpha1",
+        "kind": "AdapterCatalog",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+    plane.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(obj))
+    live = json.loads(
+        plane.kubectl("get", "adaptercatalog", name, "-n", NAMESPACE, "-o", "json").stdout
+    )
+    catalog = AdapterCatalog.from_object(live)
+    if gcs_endpoint is not None:
+        os.environ["STORAGE_EMULATOR_HOST"] = gcs_endpoint
+    try:
+        records = asyncio.run(scan_source(catalog.spec, credentials)).records
+    finally:
+        if gcs_endpoint is not None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    rendered = render_index_configmaps(catalog, records, "test")
+    plane.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=test-catalog-sync",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input_text=yaml.safe_dump_all([*rendered.shard_configmaps, rendered.manifest_configmap]),
+    )

@@ -23,9 +23,7 @@ import pytest
 import yaml
 
 from lorafleet_api.storage import ACCESS_DENIED, UNREACHABLE
-from lorafleet_operator.builders.catalog_index import render_index_configmaps
-from lorafleet_operator.model.adaptercatalog import AdapterCatalog
-from lorafleet_operator.storage import StorageCredentials, scan_source
+from lorafleet_operator.storage import StorageCredentials
 from lorafleet_runtime.adapters.disk_cache import PARTIAL_PREFIX
 from lorafleet_runtime.adapters.index import STORAGE_REFRESH_SECONDS
 from lorafleet_runtime.core.errors import STREAM_INTERRUPTED
@@ -41,6 +39,7 @@ from .conftest import (
     Catalogs,
     Deployment,
     eventually,
+    publish_catalog,
     serve_lorafleet,
 )
 
@@ -169,32 +168,11 @@ def _catalog_spec(name: str, endpoint: str, region: str) -> dict[str, Any]:
 
 def _publish(plane: ControlPlane, minio: MinioServer, name: str, spec: dict[str, Any]) -> None:
     """Scan the catalog and write its index ConfigMaps, as one operator sync does."""
-    obj = {
-        "apiVersion": "lorafleet.dev/v1alpha1",
-        "kind": "AdapterCatalog",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": spec,
-    }
-    plane.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(obj))
-    live = json.loads(
-        plane.kubectl("get", "adaptercatalog", name, "-n", NAMESPACE, "-o", "json").stdout
-    )
-    catalog = AdapterCatalog.from_object(live)
     credentials = StorageCredentials(
         secret_name=f"{NAMESPACE}/{SECRET}",
         data={"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key},
     )
-    records = asyncio.run(scan_source(catalog.spec, credentials)).records
-    rendered = render_index_configmaps(catalog, records, "test")
-    plane.kubectl(
-        "apply",
-        "--server-side",
-        "--field-manager=test-catalog-sync",
-        "--force-conflicts",
-        "-f",
-        "-",
-        input_text=yaml.safe_dump_all([*rendered.shard_configmaps, rendered.manifest_configmap]),
-    )
+    publish_catalog(plane, name, spec, credentials)
 
 
 @pytest.fixture(scope="module")
