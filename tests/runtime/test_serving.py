@@ -70,7 +70,8 @@ def _tokens(deployment: Deployment, model: str, max_tokens: int = 12) -> tuple[i
     return tuple(token_ids)
 
 
-def _post(deployment: Deployment, model: str) -> tuple[int, dict[str, Any]]:
+def _exchange(deployment: Deployment, model: str) -> tuple[int, Any, bytes]:
+    """A short completion for ``model``: status, headers and body as received."""
     body = json.dumps({"model": model, "prompt": "The quick", "max_tokens": 4}).encode()
     request = urllib.request.Request(
         deployment.base_url + "/completions",
@@ -79,9 +80,14 @@ def _post(deployment: Deployment, model: str) -> tuple[int, dict[str, Any]]:
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        return err.code, err.headers, err.read()
+
+
+def _post(deployment: Deployment, model: str) -> tuple[int, dict[str, Any]]:
+    status, _, payload = _exchange(deployment, model)
+    return status, json.loads(payload)
 
 
 def test_models_lists_base_and_every_servable_adapter(deployment: Deployment) -> None:
@@ -309,17 +315,7 @@ def _put_secret(deployment: Deployment, name: str, data: dict[str, str]) -> None
 
 def _post_raw(deployment: Deployment, model: str) -> tuple[int, str]:
     """Everything a client receives: status line, headers and body, as text."""
-    body = json.dumps({"model": model, "prompt": "The quick", "max_tokens": 4}).encode()
-    request = urllib.request.Request(
-        deployment.base_url + "/completions",
-        data=body,
-        headers={"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            status, headers, payload = response.status, response.headers, response.read()
-    except urllib.error.HTTPError as err:
-        status, headers, payload = err.code, err.headers, err.read()
+    status, headers, payload = _exchange(deployment, model)
     return status, f"HTTP {status}\n{headers}\n{payload.decode(errors='replace')}"
 
 
